@@ -1,0 +1,3 @@
+from audiomamba.cli import main
+
+main()

@@ -1,0 +1,229 @@
+"""The ``audiomamba`` command line: small verbs over the library.
+
+    audiomamba train RECIPE [--resume] [section.key=value ...]
+    audiomamba sample CHECKPOINT [--n 8 --seconds 1 --label yes --prefix a.wav --out DIR ...]
+    audiomamba nll CHECKPOINT [--data PATH] [--split test]
+    audiomamba model-info RECIPE [section.key=value ...]
+    audiomamba data pack RECIPE --out DIR [--splits train validation test]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def _split_overrides(extra: list[str]) -> list[str]:
+    bad = [a for a in extra if "=" not in a or "." not in a.split("=", 1)[0]]
+    if bad:
+        raise SystemExit(f"audiomamba: unrecognised arguments {bad}; overrides look like train.max_steps=100")
+    return [a.lstrip("-") for a in extra]
+
+
+def cmd_train(args, extra) -> None:
+    from audiomamba.config import load_recipe
+    from audiomamba.train import train
+
+    recipe = load_recipe(args.recipe, _split_overrides(extra))
+    ckpt = train(recipe, resume=args.resume, progress=not args.quiet)
+    print(f"checkpoint: {ckpt}")
+
+
+def _label_index(label: str | None, names: list[str], n_classes: int) -> int | None:
+    if label is None or label == "any":
+        return None
+    if not n_classes:
+        raise SystemExit("audiomamba: this model is unconditional; drop --label")
+    if label in names:
+        return names.index(label)
+    if label.isdigit() and int(label) < n_classes:
+        return int(label)
+    raise SystemExit(f"audiomamba: unknown label {label!r}; this model knows {names}")
+
+
+def label_names_of(config: dict) -> list[str]:
+    """Label names a checkpoint was trained with (saved by training), else numbers."""
+    names = config.get("label_names")
+    n = config["recipe"]["model"]["n_classes"]
+    return names if names else [str(i) for i in range(n)]
+
+
+def cmd_sample(args, extra) -> None:
+    import torch
+
+    from audiomamba.checkpoint import load_model
+    from audiomamba.data.audio import read_clip
+    from audiomamba.data.mulaw import mulaw_encode
+    from audiomamba.sample import generate, write_samples
+    from audiomamba.train import pick_device
+
+    device = pick_device(args.device)
+    model, recipe, config = load_model(args.checkpoint, device)
+    names = label_names_of(config)
+    rate = recipe.data.sample_rate
+    length = round(args.seconds * rate)
+    if length < 1 or args.n < 1:
+        raise SystemExit("audiomamba: --seconds and --n must be positive")
+    prefix = None
+    if args.prefix:
+        prefix = mulaw_encode(read_clip(args.prefix, rate))
+        length = max(length, len(prefix))
+    torch.manual_seed(args.seed)
+    gen = generate(model, args.n, length, batch_size=args.batch_size, temperature=args.temperature,
+                   top_p=args.top_p, seed=args.seed, label=_label_index(args.label, names, recipe.model.n_classes),
+                   prefix=prefix, sample_rate=rate, progress=not args.quiet)
+    records = write_samples(gen, args.out, rate, names)
+    print(f"wrote {len(records)} clips to {args.out} (samples.json has their log-likelihoods)")
+
+
+def cmd_nll(args, extra) -> None:
+    from contextlib import nullcontext
+
+    from audiomamba.checkpoint import load_model
+    from audiomamba.data.clipset import ClipSet, load_split
+    from audiomamba.train import evaluate_nll, pick_device
+
+    device = pick_device(args.device)
+    model, recipe, config = load_model(args.checkpoint, device)
+    if args.wavs:
+        label = _label_index(args.label, label_names_of(config), recipe.model.n_classes)
+        clips = _clips_from_wavs(args.wavs, recipe, label)
+    else:
+        data = recipe.data
+        if args.data:
+            data.root, data.packed_dir = args.data, None
+        clips: ClipSet = load_split(data, args.split, progress=not args.quiet)
+    bits = evaluate_nll(model, clips, args.batch_size, device, nullcontext(), progress=not args.quiet)
+    print(json.dumps({"split": None if args.wavs else args.split, "clips": len(clips), "nll_bits_per_sample": bits}))
+
+
+def _clips_from_wavs(paths: list[str], recipe, label: int | None):
+    """WAV files as a ClipSet at the recipe's rate and full length, all with one label (None: no label)."""
+    import torch
+
+    from audiomamba.data.audio import read_clip
+    from audiomamba.data.clipset import ClipSet
+    from audiomamba.data.mulaw import mulaw_encode
+
+    audio = [read_clip(p, recipe.data.sample_rate) for p in paths]
+    if len({len(a) for a in audio}) > 1:
+        raise SystemExit("audiomamba: nll --wavs needs clips of one length (pass them in groups)")
+    labels = torch.full((len(audio),), recipe.model.n_classes if label is None else label, dtype=torch.long)
+    return ClipSet(torch.stack([mulaw_encode(a) for a in audio]), labels, [""] * len(audio), [],
+                   recipe.data.sample_rate, [])
+
+
+def cmd_model_info(args, extra) -> None:
+    from audiomamba.config import load_recipe
+    from audiomamba.models.lm import WaveformLM
+
+    recipe = load_recipe(args.recipe, _split_overrides(extra))
+    model = WaveformLM(recipe.model)
+    backbone = model.backbone
+    per_stage: dict[str, int] = defaultdict(int)
+    per_type: dict[str, int] = defaultdict(int)
+
+    def count(module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    for i, width in enumerate(backbone.widths[:-1]):
+        for path, blocks in (("down", backbone.down[i]), ("up", backbone.up[i])):
+            for block in blocks:
+                per_stage[f"stage {i} {path} (width {width})"] += count(block)
+                per_type[type(block.block).__name__] += count(block)
+        per_stage[f"pooling {i}<->{i + 1}"] += count(backbone.down_pool[i]) + count(backbone.up_pool[i])
+    for block in backbone.center:
+        per_stage[f"center (width {backbone.widths[-1]})"] += count(block)
+        per_type[type(block.block).__name__] += count(block)
+    per_stage["embeddings, norm, head"] = count(model) - count(backbone)
+    total = count(model)
+    print(f"{args.recipe}: {total:,} parameters ({total / 1e6:.2f}M)")
+    for title, table in (("per stage", per_stage), ("per block type", per_type)):
+        print(f"\n{title}:")
+        for key, value in table.items():
+            print(f"  {key:<32} {value:>12,}  {100 * value / total:5.1f}%")
+
+
+def cmd_data_pack(args, extra) -> None:
+    from audiomamba.config import load_recipe
+    from audiomamba.data.clipset import read_split, save_packed
+
+    recipe = load_recipe(args.recipe, _split_overrides(extra))
+    if args.root:
+        recipe.data.root = args.root
+    recipe.data.skip_bad = recipe.data.skip_bad or args.skip_bad
+    for split in args.splits:
+        clips = read_split(recipe.data, split, progress=not args.quiet)
+        path = Path(args.out) / f"{split}.safetensors"
+        save_packed(clips, path)
+        skipped = f", skipped {len(clips.skipped)} unreadable file(s)" if clips.skipped else ""
+        print(f"{split}: {len(clips)} clips -> {path} ({path.stat().st_size / 1e6:.1f} MB){skipped}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="audiomamba", description=__doc__.split("\n")[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    p = verbs.add_parser("train", help="train a recipe (overrides: section.key=value)")
+    p.add_argument("recipe")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_train)
+
+    p = verbs.add_parser("sample", help="generate clips from a checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint directory or a run directory (its latest checkpoint)")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label", help="word/digit to say (conditional models); 'any' = unconditional")
+    p.add_argument("--prefix", help="a WAV to continue")
+    p.add_argument("--out", default="samples")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_sample)
+
+    p = verbs.add_parser("nll", help="negative log-likelihood in bits per sample")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", help="dataset root (default: the one the model was trained on)")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--wavs", nargs="+", help="score these WAV files instead of a split")
+    p.add_argument("--label", help="with --wavs on a conditional model: the label they were made with")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_nll)
+
+    p = verbs.add_parser("model-info", help="parameters per stage and block type")
+    p.add_argument("recipe")
+    p.set_defaults(fn=cmd_model_info)
+
+    p = verbs.add_parser("data", help="data utilities")
+    data_verbs = p.add_subparsers(dest="data_verb", required=True)
+    q = data_verbs.add_parser("pack", help="pack splits into uint8 mu-law safetensors files")
+    q.add_argument("recipe")
+    q.add_argument("--out", required=True)
+    q.add_argument("--root", help="dataset root (default: the recipe's)")
+    q.add_argument("--splits", nargs="+", default=["train", "validation", "test"])
+    q.add_argument("--skip-bad", action="store_true", help="skip and count unreadable files")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(fn=cmd_data_pack)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        args.fn(args, extra)
+    except (FileNotFoundError, ValueError, MemoryError) as err:
+        print(f"audiomamba: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

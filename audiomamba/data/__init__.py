@@ -1,0 +1,1 @@
+"""Speech data: dataset layouts, audio I/O, mu-law tokens and packed splits."""

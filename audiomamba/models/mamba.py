@@ -1,0 +1,76 @@
+"""Mamba: a selective state-space block (Gu & Dao 2023), whose step size and B, C depend on the input.
+
+    x, z = in_proj(u)                          x, z: (batch, length, E), E = expand * H
+    x = silu(causal depthwise conv(x))         width ``d_conv``
+    dt_low, B, C = x_proj(x)                   ranks R = ceil(H / 16), N, N
+    delta = softplus(dt_proj(dt_low))          bias initialised so delta starts in [dt_min, dt_max]
+    y = selective_scan(x, delta, A, B, C, D) * silu(z)       A = -exp(A_log), S4D-Real init
+    out = out_proj(y)
+
+The recurrent state is the conv buffer (batch, E, d_conv) and the SSM state (batch, E, N), fp32.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from audiomamba.ops.selective_scan import selective_scan, selective_state_update
+
+
+class MambaBlock(nn.Module):
+    """(batch, length, H) -> (batch, length, H)."""
+
+    def __init__(self, d_model: int, d_state: int = 16, expand: int = 2, d_conv: int = 4,
+                 dt_min: float = 1e-3, dt_max: float = 1e-1):
+        super().__init__()
+        E, N = expand * d_model, d_state
+        self.dt_rank = math.ceil(d_model / 16)
+        self.in_proj = nn.Linear(d_model, 2 * E, bias=False)
+        self.conv = nn.Conv1d(E, E, d_conv, groups=E, padding=d_conv - 1)
+        self.x_proj = nn.Linear(E, self.dt_rank + 2 * N, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, E)
+        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
+        dt = torch.exp(torch.rand(E) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        with torch.no_grad():  # inverse softplus, so that softplus(bias) = dt
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))
+        self.D = nn.Parameter(torch.ones(E))
+        self.out_proj = nn.Linear(E, d_model, bias=False)
+
+    def _ssm_inputs(self, x: torch.Tensor):
+        """x (..., E) -> dt_low (..., R), B (..., N), C (..., N)."""
+        N = self.A_log.shape[1]
+        return torch.split(self.x_proj(x), [self.dt_rank, N, N], dim=-1)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        length = u.shape[1]
+        x, z = self.in_proj(u).chunk(2, dim=-1)
+        x = F.silu(self.conv(x.transpose(1, 2))[..., :length])  # (batch, E, length)
+        dt_low, B, C = self._ssm_inputs(x.transpose(1, 2))
+        delta = F.linear(dt_low, self.dt_proj.weight)  # bias goes in as delta_bias, in fp32
+        y = selective_scan(x, delta.transpose(1, 2), -torch.exp(self.A_log.float()), B.transpose(1, 2),
+                           C.transpose(1, 2), self.D.float(), z.transpose(1, 2),
+                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        return self.out_proj(y.transpose(1, 2))
+
+    def initial_state(self, batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conv buffer (batch, E, d_conv), SSM state (batch, E, N) fp32), zeros."""
+        E, N = self.A_log.shape
+        return (torch.zeros(batch, E, self.conv.kernel_size[0], device=device),
+                torch.zeros(batch, E, N, device=device))
+
+    def step(self, u: torch.Tensor, state):
+        """u: (batch, H) -> (batch, H); the state tensors are updated in place and returned."""
+        conv_buf, ssm_state = state
+        x, z = self.in_proj(u).chunk(2, dim=-1)
+        conv_buf.copy_(torch.roll(conv_buf, -1, dims=-1))
+        conv_buf[:, :, -1] = x
+        x = F.silu((conv_buf * self.conv.weight[:, 0]).sum(-1) + self.conv.bias).to(u.dtype)
+        dt_low, B, C = self._ssm_inputs(x)
+        delta = F.linear(dt_low, self.dt_proj.weight)
+        y = selective_state_update(ssm_state, x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(),
+                                   z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        return self.out_proj(y), state

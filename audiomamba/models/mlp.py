@@ -1,0 +1,25 @@
+"""The position-wise MLP block: Linear(H, eH) -> GELU -> Linear(eH, H). It has no state."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class MLPBlock(nn.Module):
+    """(batch, length, H) -> (batch, length, H), each position independently."""
+
+    def __init__(self, d_model: int, expand: int = 2):
+        super().__init__()
+        self.fc_in = nn.Linear(d_model, expand * d_model)
+        self.fc_out = nn.Linear(expand * d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(F.gelu(self.fc_in(x)))
+
+    def initial_state(self, batch: int, device=None) -> None:
+        return None
+
+    def step(self, x: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
+        """x: (batch, H) -> (batch, H)."""
+        return self.forward(x), state

@@ -1,0 +1,74 @@
+"""S4D: a linear time-invariant diagonal state-space layer (Gu et al. 2022), as used in SaShiMi.
+
+Each of the H channels is an SSM with N/2 complex modes (their conjugates are implicit, hence
+the factor 2 in the output): x'(t) = A x(t) + u(t), y(t) = 2 Re(C x(t)) + D u(t), with
+A = -exp(a) + i b so that Re(A) < 0 whatever a becomes in training (SaShiMi's stable
+parameterisation), discretised by zero-order hold with a learnable per-channel step.
+B is fixed to 1: it only ever appears multiplied by C, which is learned.
+
+Training uses the convolution kernel K[l] = 2 Re(sum_n C_n dB_n dA_n^l) and a causal FFT
+convolution; generation steps the recurrence h = dA h + dB u, O(1) per sample.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class S4DBlock(nn.Module):
+    """(batch, length, H) -> (batch, length, H): S4D per channel, GELU, then Linear(H, 2H) + GLU."""
+
+    def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1):
+        super().__init__()
+        H, M = d_model, d_state // 2
+        log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        self.log_dt = nn.Parameter(log_dt)
+        # S4D-Lin initialisation: A_n = -1/2 + i pi n.
+        self.log_neg_A_real = nn.Parameter(torch.full((H, M), math.log(0.5)))
+        self.A_imag = nn.Parameter(math.pi * torch.arange(M, dtype=torch.float32).repeat(H, 1))
+        self.C = nn.Parameter(torch.randn(H, M, 2) * math.sqrt(0.5))  # complex as (real, imag)
+        self.D = nn.Parameter(torch.randn(H))
+        self.out_proj = nn.Linear(H, 2 * H)
+
+    def _discretize(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(dA, C*dB, dt*A), each (H, N/2) complex64, computed in fp32."""
+        A = torch.complex(-torch.exp(self.log_neg_A_real.float()), self.A_imag.float())
+        dtA = torch.exp(self.log_dt.float())[:, None] * A
+        dA = torch.exp(dtA)
+        CdB = torch.view_as_complex(self.C.float().contiguous()) * (dA - 1) / A
+        return dA, CdB, dtA
+
+    def kernel(self, length: int) -> torch.Tensor:
+        """The SSM's impulse response, (H, length) fp32."""
+        _, CdB, dtA = self._discretize()
+        steps = torch.arange(length, device=dtA.device, dtype=torch.float32)
+        vandermonde = torch.exp(dtA[:, :, None] * steps)  # (H, N/2, length)
+        return 2 * torch.einsum("hn,hnl->hl", CdB, vandermonde).real
+
+    def _output(self, y: torch.Tensor) -> torch.Tensor:
+        return F.glu(self.out_proj(F.gelu(y)), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[1]
+        with torch.autocast(x.device.type, enabled=False):
+            u = x.float().transpose(1, 2)  # (batch, H, length)
+            k = self.kernel(length)
+            n_fft = 2 * length
+            y = torch.fft.irfft(torch.fft.rfft(u, n=n_fft) * torch.fft.rfft(k, n=n_fft), n=n_fft)[..., :length]
+            y = (y + self.D.float()[:, None] * u).transpose(1, 2)
+        return self._output(y.to(x.dtype))
+
+    def initial_state(self, batch: int, device=None) -> torch.Tensor:
+        """The SSM state, (batch, H, N/2) complex64 zeros."""
+        return torch.zeros(batch, *self.C.shape[:2], dtype=torch.complex64, device=device)
+
+    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (batch, H) -> y: (batch, H); state (batch, H, N/2) is updated in place and returned."""
+        dA, CdB, _ = self._discretize()
+        u = x.float()
+        state.mul_(dA).add_(u[:, :, None].to(state.dtype))
+        y = 2 * torch.einsum("hn,bhn->bh", CdB, state).real + self.D.float() * u
+        return self._output(y.to(x.dtype)), state

@@ -1,0 +1,165 @@
+"""The SaShiMi multi-scale U-Net (Goel et al. 2022) with configurable blocks per stage.
+
+Stage i runs at 1 / prod(pool[:i]) of the sample rate with width d_model * expand**i:
+
+    stage 0 blocks (down) ----------------------------------(+)--> stage 0 blocks (up) --> out
+        |  DownPool(p0)                                       ^ UpPool(p0)
+        v                                                     |
+      stage 1 blocks (down) ----------------(+)--> stage 1 blocks (up)
+          |  DownPool(p1)                     ^ UpPool(p1)
+          v                                   |
+          center blocks ----------------------+
+
+Causality: DownPool shifts its input right by p-1 samples before grouping p of them, so pooled
+step j summarises samples jp-p+1 .. jp; UpPool spreads pooled step j over samples jp .. jp+p-1.
+So output t depends on inputs <= t only, and nothing later (tested by perturbation).
+
+In step mode the stage-i blocks run every prod(pool[:i]) samples: at sample t = jp (stage time)
+the last p inputs are pooled, the inner stage steps once, and UpPool's p outputs are buffered
+and used one per sample, which reproduces the parallel forward exactly.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from audiomamba.config import ModelConfig
+from audiomamba.models.mamba import MambaBlock
+from audiomamba.models.mlp import MLPBlock
+from audiomamba.models.residual import ResidualBlock
+from audiomamba.models.s4d import S4DBlock
+
+
+def make_block(kind: str, d_model: int, cfg: ModelConfig) -> ResidualBlock:
+    """A residual block of type ``kind`` ("s4d", "mamba" or "mlp") and width ``d_model``."""
+    if kind == "s4d":
+        block = S4DBlock(d_model, cfg.s4d_state)
+    elif kind == "mamba":
+        block = MambaBlock(d_model, cfg.mamba_state, cfg.mamba_expand, cfg.mamba_conv)
+    elif kind == "mlp":
+        block = MLPBlock(d_model, cfg.mlp_expand)
+    else:
+        raise ValueError(f"unknown block type {kind!r}")
+    return ResidualBlock(block, d_model, cfg.dropout)
+
+
+class DownPool(nn.Module):
+    """(batch, L, H) -> (batch, L/p, H_out): causal shift by p-1, group p samples, Linear(pH, H_out)."""
+
+    def __init__(self, d_in: int, d_out: int, pool: int):
+        super().__init__()
+        self.pool = pool
+        self.linear = nn.Linear(d_in * pool, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        shifted = F.pad(x, (0, 0, self.pool - 1, 0))[:, :length]
+        return self.linear(shifted.reshape(batch, length // self.pool, self.pool * width))
+
+    def step(self, window: torch.Tensor) -> torch.Tensor:
+        """window: the last p inputs (batch, p, H), oldest first -> (batch, H_out)."""
+        return self.linear(window.flatten(1))
+
+
+class UpPool(nn.Module):
+    """(batch, L/p, H_in) -> (batch, L, H): Linear(H_in, pH), pooled step j -> samples jp..jp+p-1."""
+
+    def __init__(self, d_in: int, d_out: int, pool: int):
+        super().__init__()
+        self.pool = pool
+        self.linear = nn.Linear(d_in, d_out * pool)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return self.linear(x).reshape(batch, length * self.pool, -1)
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (batch, H_in) -> the next p outputs (batch, p, H)."""
+        return self.linear(x).unflatten(1, (self.pool, -1))
+
+
+def _run(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    for block in blocks:
+        x = block(x)
+    return x
+
+
+def _run_step(blocks: nn.ModuleList, x: torch.Tensor, states: list) -> torch.Tensor:
+    for k, block in enumerate(blocks):
+        x, states[k] = block.step(x, states[k])
+    return x
+
+
+class SaShiMi(nn.Module):
+    """The backbone: (batch, L, d_model) -> (batch, L, d_model), L a multiple of ``stride``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.pools = list(cfg.pool)
+        widths = [cfg.d_model * cfg.expand**i for i in range(len(self.pools) + 1)]
+        self.widths = widths
+
+        def stage(kinds: list[str], width: int) -> nn.ModuleList:
+            return nn.ModuleList(make_block(kind, width, cfg) for kind in kinds)
+
+        self.down = nn.ModuleList(stage(cfg.outer if cfg.down_layers else [], w) for w in widths[:-1])
+        self.down_pool = nn.ModuleList(DownPool(widths[i], widths[i + 1], p) for i, p in enumerate(self.pools))
+        self.center = stage(cfg.center, widths[-1])
+        self.up_pool = nn.ModuleList(UpPool(widths[i + 1], widths[i], p) for i, p in enumerate(self.pools))
+        self.up = nn.ModuleList(stage(cfg.outer, w) for w in widths[:-1])
+
+    @property
+    def stride(self) -> int:
+        """Input lengths must be a multiple of this (the product of the pooling factors)."""
+        return math.prod(self.pools)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] % self.stride:
+            raise ValueError(f"length {x.shape[1]} is not a multiple of the total pooling {self.stride}")
+        skips = []
+        for blocks, pool in zip(self.down, self.down_pool):
+            x = _run(blocks, x)
+            skips.append(x)
+            x = pool(x)
+        x = _run(self.center, x)
+        for i in reversed(range(len(self.pools))):
+            x = _run(self.up[i], self.up_pool[i](x) + skips[i])
+        return x
+
+    def initial_state(self, batch: int, device=None) -> dict:
+        """Every block's state, the pooling windows and upsampled buffers, and the sample count."""
+        def states(blocks):
+            return [block.initial_state(batch, device) for block in blocks]
+
+        return {
+            "t": 0,
+            "down": [states(blocks) for blocks in self.down],
+            "center": states(self.center),
+            "up": [states(blocks) for blocks in self.up],
+            "window": [torch.zeros(batch, p, w, device=device) for p, w in zip(self.pools, self.widths)],
+            "upsampled": [torch.zeros(batch, p, w, device=device) for p, w in zip(self.pools, self.widths)],
+        }
+
+    def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """One sample: x (batch, d_model) -> (batch, d_model). The state is updated in place."""
+        y = self._step_stage(0, x, state, state["t"])
+        state["t"] += 1
+        return y, state
+
+    def _step_stage(self, i: int, x: torch.Tensor, state: dict, t: int) -> torch.Tensor:
+        """Stage i's step at its own time t // prod(pool[:i]); called when that division is exact."""
+        if i == len(self.pools):
+            return _run_step(self.center, x, state["center"])
+        x = _run_step(self.down[i], x, state["down"][i])
+        tau, pool = t // math.prod(self.pools[:i]), self.pools[i]
+        window = state["window"][i]
+        window.copy_(torch.roll(window, -1, dims=1))
+        window[:, -1] = x
+        if tau % pool == 0:
+            inner = self._step_stage(i + 1, self.down_pool[i].step(window), state, t)
+            state["upsampled"][i].copy_(self.up_pool[i].step(inner))
+        x = state["upsampled"][i][:, tau % pool] + x
+        return _run_step(self.up[i], x, state["up"][i])

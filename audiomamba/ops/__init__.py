@@ -1,0 +1,1 @@
+"""Sequence operators with a pure-PyTorch reference and (on CUDA) Triton kernels."""

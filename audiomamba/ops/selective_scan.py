@@ -1,0 +1,99 @@
+"""The selective scan (Mamba's SSM) behind one function, and its one-step update for generation.
+
+    h[t] = exp(delta[t] * A) * h[t-1] + delta[t] * B[t] * u[t]        (per channel d, state n)
+    y[t] = <C[t], h[t]> + D * u[t],   then  y[t] *= silu(z[t])  when z is given
+
+``selective_scan`` and ``selective_state_update`` dispatch to the Triton kernels for CUDA tensors
+when they are importable, and to the pure-PyTorch references here otherwise (CPU, or
+``AUDIOMAMBA_SCAN=reference``). The references are the test oracle for the kernels.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from audiomamba.ops.linear_scan import linear_scan
+
+_kernels = None  # the audiomamba_kernels module once imported; False when unavailable
+_notice_given = False
+
+
+def _fast_kernels():
+    """The Triton kernel module, or None (with a one-line notice the first time it is missing)."""
+    global _kernels, _notice_given
+    if os.environ.get("AUDIOMAMBA_SCAN", "").lower() == "reference":
+        return None
+    if _kernels is None:
+        try:
+            import audiomamba_kernels.selective_scan as module  # imports triton
+
+            _kernels = module
+        except Exception as err:  # ImportError, or triton failing to find a GPU toolchain
+            _kernels = False
+            if not _notice_given:
+                print(f"audiomamba: Triton scan kernels unavailable ({err}); using the PyTorch reference",
+                      file=sys.stderr)
+                _notice_given = True
+    return _kernels or None
+
+
+def _prepare_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
+    """delta (B, D, L) in fp32, with the per-channel bias (D,) added and softplus applied."""
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    return F.softplus(delta) if delta_softplus else delta
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False, initial_state=None):
+    """Reference selective scan in fp32.
+
+    u, delta, z: (batch, d, L); A: (d, n) real; B, C: (batch, n, L); D, delta_bias: (d,);
+    initial_state: (batch, d, n) or None. Returns y (batch, d, L) in u's dtype, and with
+    ``return_last_state`` also the final state (batch, d, n) in fp32.
+    """
+    dtype = u.dtype
+    u32, delta = u.float(), _prepare_delta(delta, delta_bias, delta_softplus)
+    decay = torch.exp(delta[:, :, None, :] * A.float()[None, :, :, None])  # (b, d, n, L)
+    drive = (delta * u32)[:, :, None, :] * B.float()[:, None, :, :]  # (b, d, n, L)
+    h = linear_scan(decay, drive, None if initial_state is None else initial_state.float())
+    y = torch.einsum("bdnl,bnl->bdl", h, C.float())
+    if D is not None:
+        y = y + D.float()[:, None] * u32
+    if z is not None:
+        y = y * F.silu(z.float())
+    y = y.to(dtype)
+    return (y, h[..., -1]) if return_last_state else y
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, initial_state=None):
+    """The selective scan: Triton kernels on CUDA when available, else the reference. Shapes as
+    in :func:`selective_scan_ref`."""
+    kernels = _fast_kernels() if u.is_cuda else None
+    fn = kernels.selective_scan if kernels else selective_scan_ref
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
+
+
+def selective_state_update_ref(state, x, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """One step of the scan. state: (batch, d, n) fp32, updated in place; x, delta, z: (batch, d);
+    B, C: (batch, n). Returns y: (batch, d) in x's dtype."""
+    delta = _prepare_delta(delta[..., None], delta_bias, delta_softplus)[..., 0]  # (b, d)
+    state.mul_(torch.exp(delta[:, :, None] * A.float())).add_((delta * x.float())[:, :, None] * B.float()[:, None, :])
+    y = torch.einsum("bdn,bn->bd", state, C.float())
+    if D is not None:
+        y = y + D.float() * x.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(x.dtype)
+
+
+def selective_state_update(state, x, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """One recurrent step (kernel on CUDA when available); see :func:`selective_state_update_ref`."""
+    kernels = _fast_kernels() if x.is_cuda else None
+    fn = kernels.selective_state_update if kernels else selective_state_update_ref
+    return fn(state, x, delta, A, B, C, D, z, delta_bias, delta_softplus)

@@ -1,0 +1,177 @@
+"""Autoregressive generation with the model's O(1)-per-sample recurrence, batched.
+
+Each clip's log-likelihood is accumulated under the model's own distribution (temperature 1, no
+top-p), in bits, over every sample of the clip (a given prefix included), so it equals what
+``audiomamba nll`` computes for the same audio.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from audiomamba.data.mulaw import SILENCE, mulaw_decode
+from audiomamba.models.lm import WaveformLM
+
+
+@dataclass
+class Generation:
+    """tokens (n, length) uint8; log2-likelihood per clip (n,), summed over its samples."""
+
+    tokens: torch.Tensor
+    loglik_bits: torch.Tensor
+    labels: list[int | None]
+    seeds: list[int]
+    problems: dict[int, str] = field(default_factory=dict)  # clip index -> why it stopped early
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """Draw one token per row of logits (batch, 256) with temperature and nucleus (top-p) sampling."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def state_bytes(model: WaveformLM, batch: int) -> int:
+    """Bytes of the recurrent state for ``batch`` clips."""
+    def size(obj) -> int:
+        if torch.is_tensor(obj):
+            return obj.numel() * obj.element_size()
+        if isinstance(obj, (list, tuple)):
+            return sum(size(o) for o in obj)
+        if isinstance(obj, dict):
+            return sum(size(o) for o in obj.values())
+        return 0
+
+    return size(model.initial_state(1, device="meta")) * batch
+
+
+def check_memory(model: WaveformLM, n: int, length: int, batch_size: int, device: torch.device) -> None:
+    """Refuse, with a clear message, a request that would not fit in the device's free memory."""
+    need = n * length * 5 + state_bytes(model, batch_size) * 3 + batch_size * 256 * 4 * 8
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > 0.8 * free:
+        raise MemoryError(f"generating {n} clips of {length} samples at batch {batch_size} needs about "
+                          f"{need / 2**30:.1f} GiB, but only {free / 2**30:.1f} GiB is free on {device}; "
+                          f"lower --n, --seconds or --batch-size")
+
+
+@torch.no_grad()
+def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, temperature: float = 1.0,
+             top_p: float = 1.0, seed: int = 0, label: int | None = None, prefix: torch.Tensor | None = None,
+             sample_rate: int = 16000, progress: bool = False, should_stop=None) -> Generation:
+    """Generate ``n`` clips of ``length`` samples.
+
+    label: class index for a conditional model (None = unconditional / "no label").
+    prefix: (P,) tokens that every clip starts with (teacher-forced, returned unchanged).
+    sample_rate: only for the real-time factor the progress bar shows.
+    should_stop: optional callable; when it returns True generation ends early, and the clips
+    are cut to the samples made so far.
+    """
+    device = next(model.parameters()).device
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+    if prefix is not None and len(prefix) > length:
+        raise ValueError(f"the prefix ({len(prefix)} samples) is longer than the clip ({length})")
+    check_memory(model, n, length, min(batch_size, n), device)
+    model.eval()
+    tokens = torch.empty(n, length, dtype=torch.uint8)
+    loglik = torch.zeros(n, dtype=torch.float64)
+    problems: dict[int, str] = {}
+    seeds, made = [], length
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n * length, unit="sample", unit_scale=True, dynamic_ncols=True)
+    started = time.time()
+    for batch_index, start in enumerate(range(0, n, batch_size)):
+        rows = min(batch_size, n - start)
+        batch_seed = seed + batch_index
+        seeds += [batch_seed] * rows
+        generator = torch.Generator(device).manual_seed(batch_seed)
+        labels = None if label is None else torch.full((rows,), label, dtype=torch.long, device=device)
+        state = model.initial_state(rows, device)
+        prev = torch.full((rows,), SILENCE, dtype=torch.long, device=device)
+        alive = torch.ones(rows, dtype=torch.bool, device=device)
+        batch_tokens = torch.full((rows, length), SILENCE, dtype=torch.uint8, device=device)
+        batch_loglik = torch.zeros(rows, dtype=torch.float64, device=device)
+        for t in range(length):
+            logits, state = model.step(prev, state, labels)
+            finite = torch.isfinite(logits).all(-1)
+            if not finite.all():
+                for r in (alive & ~finite).nonzero().flatten().tolist():
+                    problems[start + r] = f"non-finite logits at sample {t}; the rest of the clip is silence"
+                    print(f"audiomamba: clip {start + r}: {problems[start + r]}", file=sys.stderr)
+                alive &= finite
+                logits = torch.where(alive[:, None], logits, torch.zeros_like(logits))
+            if prefix is not None and t < len(prefix):
+                nxt = prefix[t].to(device).long().expand(rows)
+            else:
+                nxt = sample_next(logits, temperature, top_p, generator)
+            nxt = torch.where(alive, nxt, torch.full_like(nxt, SILENCE))
+            logp = torch.log_softmax(logits.float(), -1).gather(-1, nxt[:, None])[:, 0]
+            batch_loglik += torch.where(alive, logp.double(), 0.0)
+            batch_tokens[:, t] = nxt.to(torch.uint8)
+            prev = nxt
+            if bar is not None and (t % 256 == 255 or t == length - 1):
+                bar.update(rows * (t % 256 + 1))
+                rate = bar.n / max(time.time() - started, 1e-9)
+                bar.set_postfix(real_time=f"{rate / sample_rate:.3f}x")
+            if should_stop is not None and should_stop():
+                made = min(made, t + 1)
+                break
+        tokens[start:start + rows] = batch_tokens.cpu()
+        loglik[start:start + rows] = (batch_loglik / math.log(2)).cpu()
+        if made < length:
+            n = start + rows
+            break
+    if bar is not None:
+        bar.close()
+    return Generation(tokens[:n, :made], loglik[:n].float(),
+                      [label] * n, seeds[:n], {k: v for k, v in problems.items() if k < n})
+
+
+def write_samples(gen: Generation, out_dir: str | Path, sample_rate: int, label_names: list[str] | None = None) -> list[dict]:
+    """Write WAVs ordered by log-likelihood (lowest first, as SaShiMi does) and samples.json."""
+    from audiomamba.data.audio import write_wav
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    length = gen.tokens.shape[1]
+    order = torch.argsort(gen.loglik_bits).tolist()
+    records = []
+    for rank, i in enumerate(order):
+        name = f"sample_{rank:05d}.wav"
+        write_wav(out_dir / name, mulaw_decode(gen.tokens[i]), sample_rate)
+        label = gen.labels[i]
+        records.append({
+            "file": name,
+            "loglik_bits": float(gen.loglik_bits[i]),
+            "bits_per_sample": float(-gen.loglik_bits[i] / length),
+            "label": label,
+            "label_name": label_names[label] if label is not None and label_names else None,
+            "seed": gen.seeds[i],
+            "problem": gen.problems.get(i),
+        })
+    payload = {"sample_rate": sample_rate, "length": length, "samples": records}
+    tmp = out_dir / "samples.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, out_dir / "samples.json")
+    return records

@@ -1,0 +1,50 @@
+"""Every block: causal in parallel mode, and its one-step recurrence reproduces the parallel forward."""
+import pytest
+import torch
+
+from audiomamba.config import ModelConfig
+from audiomamba.models.sashimi import make_block
+
+CFG = ModelConfig(s4d_state=8, mamba_state=4)
+
+
+@pytest.mark.parametrize("kind", ["s4d", "mamba", "mlp"])
+def test_changing_inputs_from_t_on_leaves_earlier_outputs_unchanged(kind):
+    block = make_block(kind, 12, CFG).eval()
+    x = torch.randn(2, 40, 12)
+    t = 23
+    x2 = x.clone()
+    x2[:, t:] = torch.randn_like(x2[:, t:])
+    y, y2 = block(x), block(x2)
+    torch.testing.assert_close(y[:, :t], y2[:, :t], rtol=1e-5, atol=1e-6)
+    assert (y[:, t] - y2[:, t]).abs().max() > 1e-3  # the perturbation is seen from t on
+
+
+@pytest.mark.parametrize("kind", ["s4d", "mamba", "mlp"])
+def test_stepping_equals_the_parallel_forward(kind):
+    block = make_block(kind, 12, CFG).eval()
+    x = torch.randn(3, 29, 12)
+    with torch.no_grad():
+        want = block(x)
+        state = block.initial_state(3)
+        got = []
+        for t in range(29):
+            y, state = block.step(x[:, t], state)
+            got.append(y)
+    got = torch.stack(got, 1)
+    assert ((got - want).norm() / want.norm()).item() < 1e-5
+
+
+def test_s4d_keeps_its_eigenvalues_in_the_left_half_plane_whatever_the_parameters():
+    block = make_block("s4d", 4, CFG).block
+    with torch.no_grad():
+        block.log_neg_A_real.normal_(0, 5)  # any real value of the parameter
+    dA, _, _ = block._discretize()
+    assert (dA.abs() < 1).all()  # |exp(dt A)| < 1: the recurrence cannot blow up
+
+
+def test_mamba_initialises_delta_within_its_range():
+    block = make_block("mamba", 32, CFG).block
+    delta = torch.nn.functional.softplus(block.dt_proj.bias)
+    assert delta.min() >= 1e-3 * 0.999 and delta.max() <= 1e-1 * 1.001
+    torch.testing.assert_close(-torch.exp(block.A_log[0]), -torch.arange(1.0, 5.0))  # S4D-Real

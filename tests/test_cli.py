@@ -1,0 +1,78 @@
+"""Each verb of the command line on tiny data, as the README shows it."""
+import json
+
+import pytest
+
+from audiomamba.cli import main
+
+
+def run(*args):
+    main([str(a) for a in args])
+
+
+@pytest.fixture
+def trained(tiny_recipe, tmp_path):
+    run("train", tiny_recipe, "--quiet", "train.max_steps=3")
+    return tmp_path / "run"
+
+
+def test_model_info_prints_parameters_per_stage_and_block_type(capsys):
+    from tests.conftest import REPO
+
+    run("model-info", REPO / "recipes" / "sc09_mamba.yaml")
+    out = capsys.readouterr().out
+    assert "6,260,224 parameters" in out and "MambaBlock" in out and "center (width 256)" in out
+
+
+def test_data_pack_then_train_from_the_packed_files(tiny_recipe, tmp_path, capsys):
+    run("data", "pack", tiny_recipe, "--out", tmp_path / "packed")
+    assert "train: 12 clips" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "packed").iterdir()) == [
+        "test.safetensors", "train.safetensors", "validation.safetensors"]
+    run("train", tiny_recipe, "--quiet", f"data.packed_dir={tmp_path / 'packed'}", "data.root=/nonexistent",
+        "train.max_steps=2")
+    assert (tmp_path / "run" / "latest.json").is_file()
+
+
+def test_train_resume_continues_to_the_new_max_steps(trained):
+    run("train", trained.parent / "tiny.yaml", "--quiet", "--resume", "train.max_steps=5")
+    assert json.loads((trained / "latest.json").read_text())["step"] == 5
+
+
+def test_sample_writes_wavs_and_likelihoods_that_nll_reproduces(trained, tmp_path, capsys):
+    out = tmp_path / "samples"
+    run("sample", trained, "--n", 3, "--seconds", 0.02, "--label", "2", "--temperature", 0.9, "--top-p", 0.95,
+        "--seed", 4, "--out", out, "--quiet")
+    meta = json.loads((out / "samples.json").read_text())
+    assert len(meta["samples"]) == 3 and meta["length"] == 160
+    capsys.readouterr()
+    first = meta["samples"][0]
+    run("nll", trained, "--wavs", out / first["file"], "--label", "2", "--quiet")
+    nll = json.loads(capsys.readouterr().out)["nll_bits_per_sample"]
+    assert abs(nll - first["bits_per_sample"]) < 1e-3
+
+
+def test_sample_continues_a_prefix_wav(trained, tmp_path):
+    from tests.conftest import write_tone
+
+    write_tone(tmp_path / "prefix.wav", 500, 16000, 0.01)  # resampled to the model's 8 kHz
+    run("sample", trained, "--n", 1, "--seconds", 0.02, "--prefix", tmp_path / "prefix.wav", "--out",
+        tmp_path / "cont", "--quiet")
+    import soundfile
+
+    audio, rate = soundfile.read(str(tmp_path / "cont" / "sample_00000.wav"))
+    assert rate == 8000 and len(audio) == 160
+
+
+def test_nll_of_a_split(trained, capsys):
+    run("nll", trained, "--split", "test", "--quiet")
+    result = json.loads(capsys.readouterr().out)
+    assert result["clips"] == 30 and 0 < result["nll_bits_per_sample"] < 9
+
+
+def test_bad_requests_exit_with_one_clear_line(trained, capsys):
+    with pytest.raises(SystemExit, match="unknown label 'eleven'"):
+        run("sample", trained, "--label", "eleven", "--out", trained / "x")
+    with pytest.raises(SystemExit):
+        run("sample", trained / "nowhere")
+    assert "no checkpoint at" in capsys.readouterr().err

@@ -1,0 +1,82 @@
+import json
+
+import pytest
+import torch
+
+from audiomamba.config import ModelConfig
+from audiomamba.data.mulaw import SILENCE
+from audiomamba.models.lm import WaveformLM
+from audiomamba.sample import generate, sample_next, write_samples
+from audiomamba.train import evaluate_nll
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(1)
+    cfg = ModelConfig(d_model=8, pool=[2, 2], outer=["s4d", "mlp"], center=["mamba"], s4d_state=4, mamba_state=4,
+                      n_classes=2)
+    return WaveformLM(cfg).eval()
+
+
+def test_same_seed_gives_identical_clips_and_another_seed_does_not(model):
+    a = generate(model, 3, 40, batch_size=2, seed=5, label=1)
+    b = generate(model, 3, 40, batch_size=2, seed=5, label=1)
+    c = generate(model, 3, 40, batch_size=2, seed=6, label=1)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.loglik_bits, b.loglik_bits)
+    assert not torch.equal(a.tokens, c.tokens)
+
+
+def test_prefix_is_returned_unchanged_at_the_start(model):
+    prefix = torch.randint(0, 256, (17,), dtype=torch.uint8)
+    gen = generate(model, 2, 30, prefix=prefix, seed=0)
+    assert torch.equal(gen.tokens[:, :17], prefix.expand(2, 17))
+
+
+def test_loglik_equals_the_parallel_nll_of_the_same_tokens(model):
+    from audiomamba.data.clipset import ClipSet
+
+    gen = generate(model, 4, 48, batch_size=4, seed=3, label=0, temperature=0.8, top_p=0.9)
+    clips = ClipSet(gen.tokens, torch.zeros(4, dtype=torch.long), [""] * 4, [], 8000, [])
+    for i in range(4):
+        one = ClipSet(clips.tokens[i:i + 1], clips.labels[i:i + 1], [""], [], 8000, [])
+        nll = evaluate_nll(model, one, 1, "cpu", torch.autocast("cpu", enabled=False))
+        assert abs(-gen.loglik_bits[i].item() / 48 - nll) < 1e-4
+
+
+def test_top_p_keeps_only_the_nucleus_and_zero_temperature_is_greedy():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    gen = torch.Generator().manual_seed(0)
+    draws = {sample_next(logits, 1.0, 0.7, gen).item() for _ in range(300)}
+    assert draws == {0, 1}
+    assert sample_next(logits, 0.0, 1.0, gen).item() == 0
+
+
+def test_non_finite_logits_stop_only_that_clip(model, monkeypatch, capsys):
+    step = model.step
+
+    def poisoned(prev, state, labels=None):
+        logits, state = step(prev, state, labels)
+        if state["t"] == 10:
+            logits[1] = float("nan")
+        return logits, state
+
+    monkeypatch.setattr(model, "step", poisoned)
+    gen = generate(model, 3, 20, batch_size=3)
+    assert set(gen.problems) == {1} and "sample 9" in gen.problems[1]
+    assert (gen.tokens[1, 9:] == SILENCE).all() and torch.isfinite(gen.loglik_bits).all()
+    assert "clip 1" in capsys.readouterr().err
+
+
+def test_requests_that_cannot_fit_in_memory_are_refused_up_front(model):
+    with pytest.raises(MemoryError, match="lower --n"):
+        generate(model, 10**7, 10**6)
+
+
+def test_written_clips_are_ordered_by_likelihood_with_their_metadata(model, tmp_path):
+    gen = generate(model, 5, 64, seed=2, label=1)
+    records = write_samples(gen, tmp_path, 8000, ["yes", "no"])
+    meta = json.loads((tmp_path / "samples.json").read_text())
+    logliks = [r["loglik_bits"] for r in meta["samples"]]
+    assert logliks == sorted(logliks) and len(records) == 5
+    assert meta["sample_rate"] == 8000 and meta["samples"][0]["label_name"] == "no"
+    assert sorted(p.name for p in tmp_path.glob("*.wav")) == [f"sample_{i:05d}.wav" for i in range(5)]

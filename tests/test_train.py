@@ -1,0 +1,106 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from audiomamba.checkpoint import load_model, resolve_checkpoint
+from audiomamba.config import load_recipe
+from audiomamba.train import TrainingDiverged, global_batch_indices, train
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_few_steps_lower_the_loss_and_leave_a_loadable_checkpoint(tiny_recipe, tmp_path):
+    ckpt = train(load_recipe(tiny_recipe, ["train.max_steps=40"]), progress=False)
+    bits = [m["bits"] for m in read_metrics(tmp_path / "run") if "bits" in m]
+    assert bits[-1] < bits[0] - 1.0  # 8 bits (uniform) falls quickly on tones
+    model, recipe, config = load_model(ckpt)
+    assert config["step"] == 40 and config["label_names"] == [str(d) for d in range(10)]
+    assert recipe.model.n_classes == 10
+
+
+def test_batches_are_a_function_of_seed_and_step_and_cover_each_epoch():
+    first = torch.cat([global_batch_indices(10, 3, s, seed=1) for s in range(3)])
+    assert len(set(first.tolist())) == 9  # one epoch: no repeats, the tail dropped
+    assert torch.equal(global_batch_indices(10, 3, 4, seed=1), global_batch_indices(10, 3, 4, seed=1))
+    assert not torch.equal(global_batch_indices(10, 3, 0, seed=1), global_batch_indices(10, 3, 3, seed=1))
+
+
+def _run_cli(args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "audiomamba", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_gives_the_weights_of_an_uninterrupted_run(tiny_recipe, tmp_path):
+    steps = ["train.max_steps=120", "train.ckpt_every=15", "model.dropout=0.1", "train.label_dropout=0.2"]
+    straight = _run_cli(["train", str(tiny_recipe), "--quiet", *steps, f"train.out_dir={tmp_path / 'straight'}"])
+    assert straight.wait(timeout=300) == 0, straight.stdout.read()
+
+    run_dir = tmp_path / "killed"
+    proc = _run_cli(["train", str(tiny_recipe), "--quiet", *steps, f"train.out_dir={run_dir}"])
+    deadline = time.time() + 120
+    while not (run_dir / "latest.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # lands somewhere in the middle of a later step
+    proc.wait()
+    killed_at = json.loads((run_dir / "latest.json").read_text())["step"]
+    assert killed_at < 120, "the run finished before it could be killed"
+    resumed = _run_cli(["train", str(tiny_recipe), "--quiet", "--resume", *steps, f"train.out_dir={run_dir}"])
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out
+    assert f"resumed from" in out
+    want = load_file(str(resolve_checkpoint(tmp_path / "straight") / "model.safetensors"))
+    got = load_file(str(resolve_checkpoint(run_dir) / "model.safetensors"))
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_like_one_process_on_the_same_global_batch(tiny_recipe, tmp_path):
+    common = ["train", str(tiny_recipe), "--quiet", "train.max_steps=4", "train.ckpt_every=100"]
+    single = _run_cli([*common, f"train.out_dir={tmp_path / 'single'}"])
+    assert single.wait(timeout=300) == 0, single.stdout.read()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                          "-m", "audiomamba", *common, f"train.out_dir={tmp_path / 'ddp'}"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+    want = load_file(str(resolve_checkpoint(tmp_path / "single") / "model.safetensors"))
+    got = load_file(str(resolve_checkpoint(tmp_path / "ddp") / "model.safetensors"))
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5)
+
+
+def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_recipe, tmp_path, monkeypatch):
+    import audiomamba.train as train_module
+
+    calls = {"n": 0}
+
+    class PoisonedLM(train_module.WaveformLM):
+        def forward(self, tokens, labels=None):
+            calls["n"] += 1
+            logits = super().forward(tokens, labels)
+            return logits * float("nan") if calls["n"] == 13 else logits
+
+    monkeypatch.setattr(train_module, "WaveformLM", PoisonedLM)
+    with pytest.raises(TrainingDiverged, match="step 12"):
+        train(load_recipe(tiny_recipe), progress=False)
+    model, _, config = load_model(tmp_path / "run")
+    assert config["step"] == 10
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_max_minutes_stops_cleanly_with_a_checkpoint(tiny_recipe, tmp_path):
+    ckpt = train(load_recipe(tiny_recipe, ["train.max_minutes=0.0001", "train.max_steps=1000"]), progress=False)
+    step = json.loads((ckpt / "config.json").read_text())["step"]
+    assert 1 <= step < 1000
