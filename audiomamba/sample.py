@@ -33,16 +33,71 @@ class Generation:
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
-    """Draw one token per row of logits (batch, 256) with temperature and nucleus (top-p) sampling."""
+    """Draw one token per row of logits (batch, 256) with temperature and nucleus (top-p) sampling.
+
+    Gumbel-max (argmax of logits/T plus Gumbel noise) draws from the softmax without a host sync.
+    """
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    scaled = logits.float() / temperature
     if top_p < 1.0:
+        probs = torch.softmax(scaled, dim=-1)
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+        scaled = scaled.masked_fill(torch.zeros_like(outside).scatter(-1, order, outside), float("-inf"))
+    uniform = torch.rand(scaled.shape, generator=generator, device=scaled.device).clamp_(min=1e-20)
+    return (scaled - torch.log(-torch.log(uniform))).argmax(-1)
+
+
+class GraphedStep:
+    """``model.step`` replayed from CUDA graphs, one per position t mod stride.
+
+    The U-Net's control flow in a step depends only on t mod prod(pool), and every state tensor
+    is updated in place, so ``stride`` captured graphs replay generation exactly while removing
+    the Python and launch overhead of hundreds of small kernels per sample.
+    """
+
+    def __init__(self, model: WaveformLM, state: dict, labels: torch.Tensor | None, batch: int, device):
+        self.state, self.stride = state, model.backbone.stride
+        self.prev = torch.full((batch,), SILENCE, dtype=torch.long, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up (allocations, autotuning) outside the graphs
+            for _ in range(self.stride):
+                model.step(self.prev, state, labels)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.pool = torch.cuda.graph_pool_handle()
+        self.graphs, self.logits = [], []
+        state["t"] = 0
+        for _ in range(self.stride):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                logits, _ = model.step(self.prev, state, labels)
+            self.graphs.append(graph)
+            self.logits.append(logits)
+        _zero_state(state)  # warm-up and capture bookkeeping must not leak into the clip
+        self.t = 0
+
+    def __call__(self, prev: torch.Tensor) -> torch.Tensor:
+        self.prev.copy_(prev)
+        residue = self.t % self.stride
+        self.graphs[residue].replay()
+        self.t += 1
+        return self.logits[residue]
+
+
+def _zero_state(state) -> None:
+    if torch.is_tensor(state):
+        state.zero_()
+    elif isinstance(state, (list, tuple)):
+        for item in state:
+            _zero_state(item)
+    elif isinstance(state, dict):
+        for key, item in state.items():
+            if key == "t":
+                state[key] = 0
+            else:
+                _zero_state(item)
 
 
 def state_bytes(model: WaveformLM, batch: int) -> int:
@@ -75,12 +130,13 @@ def check_memory(model: WaveformLM, n: int, length: int, batch_size: int, device
 @torch.no_grad()
 def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, temperature: float = 1.0,
              top_p: float = 1.0, seed: int = 0, label: int | None = None, prefix: torch.Tensor | None = None,
-             sample_rate: int = 16000, progress: bool = False, should_stop=None) -> Generation:
+             sample_rate: int = 16000, progress: bool = False, should_stop=None, cuda_graphs: bool = True) -> Generation:
     """Generate ``n`` clips of ``length`` samples.
 
     label: class index for a conditional model (None = unconditional / "no label").
     prefix: (P,) tokens that every clip starts with (teacher-forced, returned unchanged).
     sample_rate: only for the real-time factor the progress bar shows.
+    cuda_graphs: on CUDA, replay each step from captured graphs (see GraphedStep).
     should_stop: optional callable; when it returns True generation ends early, and the clips
     are cut to the samples made so far.
     """
@@ -108,25 +164,28 @@ def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, te
         generator = torch.Generator(device).manual_seed(batch_seed)
         labels = None if label is None else torch.full((rows,), label, dtype=torch.long, device=device)
         state = model.initial_state(rows, device)
+        if cuda_graphs and device.type == "cuda":
+            step = GraphedStep(model, state, labels, rows, device)
+        else:
+            def step(prev, state=state):
+                return model.step(prev, state, labels)[0]
         prev = torch.full((rows,), SILENCE, dtype=torch.long, device=device)
         alive = torch.ones(rows, dtype=torch.bool, device=device)
+        failed_at = torch.full((rows,), -1, dtype=torch.long, device=device)
         batch_tokens = torch.full((rows, length), SILENCE, dtype=torch.uint8, device=device)
         batch_loglik = torch.zeros(rows, dtype=torch.float64, device=device)
-        for t in range(length):
-            logits, state = model.step(prev, state, labels)
+        for t in range(length):  # no host synchronisation inside this loop
+            logits = step(prev).float()
             finite = torch.isfinite(logits).all(-1)
-            if not finite.all():
-                for r in (alive & ~finite).nonzero().flatten().tolist():
-                    problems[start + r] = f"non-finite logits at sample {t}; the rest of the clip is silence"
-                    print(f"audiomamba: clip {start + r}: {problems[start + r]}", file=sys.stderr)
-                alive &= finite
-                logits = torch.where(alive[:, None], logits, torch.zeros_like(logits))
+            failed_at = torch.where(alive & ~finite, t, failed_at)
+            alive = alive & finite
+            logits = torch.where(alive[:, None], logits, torch.zeros_like(logits))
             if prefix is not None and t < len(prefix):
                 nxt = prefix[t].to(device).long().expand(rows)
             else:
                 nxt = sample_next(logits, temperature, top_p, generator)
             nxt = torch.where(alive, nxt, torch.full_like(nxt, SILENCE))
-            logp = torch.log_softmax(logits.float(), -1).gather(-1, nxt[:, None])[:, 0]
+            logp = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]
             batch_loglik += torch.where(alive, logp.double(), 0.0)
             batch_tokens[:, t] = nxt.to(torch.uint8)
             prev = nxt
@@ -137,6 +196,10 @@ def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, te
             if should_stop is not None and should_stop():
                 made = min(made, t + 1)
                 break
+        for r, t in enumerate(failed_at.tolist()):
+            if t >= 0:
+                problems[start + r] = f"non-finite logits at sample {t}; the rest of the clip is silence"
+                print(f"audiomamba: clip {start + r}: {problems[start + r]}", file=sys.stderr)
         tokens[start:start + rows] = batch_tokens.cpu()
         loglik[start:start + rows] = (batch_loglik / math.log(2)).cpu()
         if made < length:
