@@ -163,6 +163,7 @@ def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, te
         seeds += [batch_seed] * rows
         generator = torch.Generator(device).manual_seed(batch_seed)
         labels = None if label is None else torch.full((rows,), label, dtype=torch.long, device=device)
+        model.check_labels(labels)
         state = model.initial_state(rows, device)
         if cuda_graphs and device.type == "cuda":
             step = GraphedStep(model, state, labels, rows, device)

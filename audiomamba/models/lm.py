@@ -28,27 +28,28 @@ class WaveformLM(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, N_CLASSES)
 
-    def _labels(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor | None:
-        """Label indices (batch,), with None meaning "no label"; None for unconditional models."""
-        if self.label_embed is None:
-            if labels is not None:
-                raise ValueError("this model is unconditional; it takes no labels")
-            return None
+    def check_labels(self, labels: torch.Tensor | None) -> None:
+        """Raise if labels do not fit this model (a host sync: kept out of ``step``)."""
         if labels is None:
-            return torch.full((batch,), self.cfg.n_classes, dtype=torch.long, device=device)
+            return
+        if self.label_embed is None:
+            raise ValueError("this model is unconditional; it takes no labels")
         if (labels < 0).any() or (labels > self.cfg.n_classes).any():
             raise ValueError(f"labels must lie in [0, {self.cfg.n_classes}] ({self.cfg.n_classes} = no label)")
-        return labels.to(device)
 
     def _input(self, prev_tokens: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings plus label embeddings; None labels mean "no label"."""
         x = self.embed(prev_tokens.long())
-        labels = self._labels(labels, prev_tokens.shape[0], prev_tokens.device)
-        if labels is not None:
-            x = x + (self.label_embed(labels)[:, None] if x.dim() == 3 else self.label_embed(labels))
-        return x
+        if self.label_embed is None:
+            return x
+        if labels is None:
+            labels = torch.full(prev_tokens.shape[:1], self.cfg.n_classes, dtype=torch.long, device=x.device)
+        label_vectors = self.label_embed(labels.to(x.device))
+        return x + (label_vectors[:, None] if x.dim() == 3 else label_vectors)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """tokens: (batch, L) the clip itself -> logits (batch, L, 256) for each of its samples."""
+        self.check_labels(labels)
         batch, length = tokens.shape
         prev = F.pad(tokens.long(), (1, 0), value=SILENCE)[:, :length]
         stride = self.backbone.stride
@@ -61,7 +62,10 @@ class WaveformLM(nn.Module):
         return self.backbone.initial_state(batch, device)
 
     def step(self, prev_token: torch.Tensor, state: dict, labels: torch.Tensor | None = None):
-        """prev_token: (batch,) the last sample (SILENCE at the start) -> logits (batch, 256)."""
+        """prev_token: (batch,) the last sample (SILENCE at the start) -> logits (batch, 256).
+
+        Labels are not range-checked here (``check_labels`` syncs with the GPU); callers check once.
+        """
         h, state = self.backbone.step(self._input(prev_token, labels), state)
         return self.head(self.norm(h)), state
 
