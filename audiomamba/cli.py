@@ -5,6 +5,9 @@
     audiomamba nll CHECKPOINT [--data PATH] [--split test]
     audiomamba model-info RECIPE [section.key=value ...]
     audiomamba data pack RECIPE --out DIR [--splits train validation test]
+    audiomamba classifier train --data PATH --dataset speech_commands --out DIR
+    audiomamba classifier predict --classifier DIR WAV ...
+    audiomamba eval --samples DIR --classifier DIR --data PATH
 """
 from __future__ import annotations
 
@@ -162,6 +165,89 @@ def cmd_data_pack(args, extra) -> None:
         print(f"{split}: {len(clips)} clips -> {path} ({path.stat().st_size / 1e6:.1f} MB){skipped}")
 
 
+def _classifier_data(args):
+    from audiomamba.config import DataConfig
+
+    rate = args.sample_rate or (8000 if args.dataset == "fsdd" else 16000)
+    return DataConfig(dataset=args.dataset, root=args.data, words=args.words, sample_rate=rate,
+                      clip_samples=round(rate * args.seconds), split_salt=args.split_salt,
+                      packed_dir=getattr(args, "packed", None))
+
+
+def cmd_classifier_train(args, extra) -> None:
+    from audiomamba.data.clipset import load_split
+    from audiomamba.eval.classifier import ClassifierConfig, accuracy, save_classifier, train_classifier
+    from audiomamba.eval.evaluate import real_split_audio
+    from audiomamba.train import pick_device
+
+    data = _classifier_data(args)
+    device = pick_device(args.device)
+    (train_audio, train_labels), (val_audio, val_labels), (test_audio, test_labels) = (
+        real_split_audio(data, split) for split in ("train", "validation", "test"))
+    labels = load_split(data, "test").label_names
+    if args.limit:  # a seeded random subset: files are sorted by label
+        import torch
+
+        keep = torch.randperm(len(train_audio), generator=torch.Generator().manual_seed(0))[:args.limit]
+        train_audio, train_labels = train_audio[keep], train_labels[keep]
+    cfg = ClassifierConfig(sample_rate=data.sample_rate, clip_samples=data.clip_samples, labels=labels)
+    model, log = train_classifier(cfg, train_audio, train_labels, val_audio, val_labels, epochs=args.epochs,
+                                  batch_size=args.batch_size, lr=args.lr, device=device, progress=not args.quiet)
+    result = {"validation_accuracy": accuracy(model, val_audio, val_labels),
+              "test_accuracy": accuracy(model, test_audio, test_labels),
+              "train_clips": len(train_audio), "data": data.root, "dataset": data.dataset,
+              "split_salt": data.split_salt, "epochs": args.epochs}
+    save_classifier(model, args.out, {**result, "log": log})
+    print(json.dumps(result))
+
+
+def cmd_classifier_predict(args, extra) -> None:
+    import torch
+
+    from audiomamba.data.audio import read_clip
+    from audiomamba.eval.classifier import load_classifier, predict
+    from audiomamba.train import pick_device
+
+    model, _ = load_classifier(args.classifier, pick_device(args.device))
+    cfg = model.cfg
+    audio = torch.stack([read_clip(path, cfg.sample_rate, cfg.clip_samples) for path in args.wavs])
+    probs, _ = predict(model, audio)
+    for path, p in zip(args.wavs, probs):
+        print(f"{path}\t{cfg.labels[int(p.argmax())]}\t{float(p.max()):.3f}")
+
+
+def cmd_eval(args, extra) -> None:
+    from audiomamba.eval.classifier import load_classifier
+    from audiomamba.eval.evaluate import (evaluate, markdown_table, read_wav_folder, spectrogram_sheet,
+                                          write_png)
+    from audiomamba.train import pick_device
+
+    model, meta = load_classifier(args.classifier, pick_device(args.device))
+    args.dataset = args.dataset or meta.get("dataset", "speech_commands")
+    args.split_salt = meta.get("split_salt", "") if args.split_salt is None else args.split_salt
+    args.sample_rate, args.seconds = model.cfg.sample_rate, model.cfg.clip_samples / model.cfg.sample_rate
+    args.words = args.words or (model.cfg.labels if args.dataset == "speech_commands" else None)
+    report = evaluate(args.samples, model, _classifier_data(args), ndb_bins=args.ndb_bins, seed=args.seed)
+    table = markdown_table(report)
+    print(table)
+    out = Path(args.out or args.samples)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    (out / "eval.md").write_text(table + "\n")
+    audio, _, _ = read_wav_folder(args.samples, model.cfg.sample_rate, model.cfg.clip_samples)
+    write_png(out / "spectrograms.png", spectrogram_sheet(model, audio, report["predicted"]))
+    print(f"\nwrote {out / 'eval.json'}, {out / 'eval.md'} and {out / 'spectrograms.png'}")
+
+
+def _add_data_arguments(p, from_classifier: bool) -> None:
+    """--data and its layout options; for ``eval`` the layout defaults come from the classifier."""
+    p.add_argument("--data", required=True, help="dataset root (Speech Commands layout or FSDD)")
+    p.add_argument("--dataset", choices=["speech_commands", "fsdd"], default=None if from_classifier else "speech_commands")
+    p.add_argument("--words", nargs="+", help="speech_commands: word folders (default: all)")
+    p.add_argument("--split-salt", default=None if from_classifier else "",
+                   help="re-split speakers with a salted hash (see README, Data)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audiomamba", description=__doc__.split("\n")[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -212,6 +298,37 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--skip-bad", action="store_true", help="skip and count unreadable files")
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(fn=cmd_data_pack)
+
+    p = verbs.add_parser("classifier", help="the speech classifier behind the metrics")
+    classifier_verbs = p.add_subparsers(dest="classifier_verb", required=True)
+    q = classifier_verbs.add_parser("train", help="train on real clips; saves safetensors + JSON")
+    _add_data_arguments(q, from_classifier=False)
+    q.add_argument("--sample-rate", type=int, help="default: 16000 (speech_commands) or 8000 (fsdd)")
+    q.add_argument("--seconds", type=float, default=1.0, help="clip length")
+    q.add_argument("--epochs", type=int, default=30)
+    q.add_argument("--batch-size", type=int, default=64)
+    q.add_argument("--lr", type=float, default=3e-3)
+    q.add_argument("--limit", type=int, help="use N random training clips")
+    q.add_argument("--packed", help="read <split>.safetensors made by `audiomamba data pack` instead of WAVs")
+    q.add_argument("--out", required=True)
+    q.add_argument("--device", default="auto")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(fn=cmd_classifier_train)
+    q = classifier_verbs.add_parser("predict", help="label and confidence per file")
+    q.add_argument("--classifier", required=True)
+    q.add_argument("wavs", nargs="+")
+    q.add_argument("--device", default="auto")
+    q.set_defaults(fn=cmd_classifier_predict)
+
+    p = verbs.add_parser("eval", help="FID, IS, mIS, AM, NDB of a folder of clips")
+    p.add_argument("--samples", required=True, help="folder of WAVs (samples.json there enables thresholds)")
+    p.add_argument("--classifier", required=True)
+    _add_data_arguments(p, from_classifier=True)
+    p.add_argument("--ndb-bins", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="where eval.json, eval.md, spectrograms.png go (default: the samples folder)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(fn=cmd_eval)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Evaluation: a speech classifier and the SC09 sample-quality metrics."""
