@@ -190,7 +190,7 @@ def cmd_classifier_train(args, extra) -> None:
 
         keep = torch.randperm(len(train_audio), generator=torch.Generator().manual_seed(0))[:args.limit]
         train_audio, train_labels = train_audio[keep], train_labels[keep]
-    cfg = ClassifierConfig(sample_rate=data.sample_rate, clip_samples=data.clip_samples, labels=labels)
+    cfg = ClassifierConfig(sample_rate=data.sample_rate, clip_samples=data.clip_samples, labels=labels, width=args.width)
     model, log = train_classifier(cfg, train_audio, train_labels, val_audio, val_labels, epochs=args.epochs,
                                   batch_size=args.batch_size, lr=args.lr, device=device, progress=not args.quiet)
     result = {"validation_accuracy": accuracy(model, val_audio, val_labels),
@@ -306,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sample-rate", type=int, help="default: 16000 (speech_commands) or 8000 (fsdd)")
     q.add_argument("--seconds", type=float, default=1.0, help="clip length")
     q.add_argument("--epochs", type=int, default=30)
+    q.add_argument("--width", type=int, default=32, help="channels of the first stage (x2 per stage)")
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument("--lr", type=float, default=3e-3)
     q.add_argument("--limit", type=int, help="use N random training clips")
