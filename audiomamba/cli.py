@@ -218,8 +218,7 @@ def cmd_classifier_predict(args, extra) -> None:
 
 def cmd_eval(args, extra) -> None:
     from audiomamba.eval.classifier import load_classifier
-    from audiomamba.eval.evaluate import (evaluate, markdown_table, read_wav_folder, spectrogram_sheet,
-                                          write_png)
+    from audiomamba.eval.evaluate import evaluate, markdown_table, spectrogram_sheet, write_png
     from audiomamba.train import pick_device
 
     model, meta = load_classifier(args.classifier, pick_device(args.device))
@@ -227,14 +226,13 @@ def cmd_eval(args, extra) -> None:
     args.split_salt = meta.get("split_salt", "") if args.split_salt is None else args.split_salt
     args.sample_rate, args.seconds = model.cfg.sample_rate, model.cfg.clip_samples / model.cfg.sample_rate
     args.words = args.words or (model.cfg.labels if args.dataset == "speech_commands" else None)
-    report = evaluate(args.samples, model, _classifier_data(args), ndb_bins=args.ndb_bins, seed=args.seed)
+    report, audio = evaluate(args.samples, model, _classifier_data(args), ndb_bins=args.ndb_bins, seed=args.seed)
     table = markdown_table(report)
     print(table)
     out = Path(args.out or args.samples)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     (out / "eval.md").write_text(table + "\n")
-    audio, _, _ = read_wav_folder(args.samples, model.cfg.sample_rate, model.cfg.clip_samples)
     write_png(out / "spectrograms.png", spectrogram_sheet(model, audio, report["predicted"]))
     print(f"\nwrote {out / 'eval.json'}, {out / 'eval.md'} and {out / 'spectrograms.png'}")
 

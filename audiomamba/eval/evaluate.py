@@ -71,8 +71,11 @@ def tune_thresholds(loglik: np.ndarray, probs: np.ndarray) -> tuple[float, float
 
 
 def evaluate(samples_dir: str | Path, classifier: SpeechClassifier, data: DataConfig, ndb_bins: int = 50,
-             seed: int = 0) -> dict:
-    """Metrics of the samples folder and of the real test split against the real train split."""
+             seed: int = 0) -> tuple[dict, torch.Tensor]:
+    """Metrics of the samples folder and of the real test split against the real train split.
+
+    Returns the report and the samples' audio (n, samples) as the classifier saw it.
+    """
     cfg = classifier.cfg
     data = DataConfig(**{**data.__dict__, "sample_rate": cfg.sample_rate, "clip_samples": cfg.clip_samples})
     audio, names, skipped = read_wav_folder(samples_dir, cfg.sample_rate, cfg.clip_samples)
@@ -94,7 +97,7 @@ def evaluate(samples_dir: str | Path, classifier: SpeechClassifier, data: DataCo
         records = {r["file"]: r for r in json.loads(meta_path.read_text())["samples"]}
         _add_requested_label_accuracy(report, records, probs, cfg.labels)
         _add_threshold_rows(report, records, names, train_feats, train_probs, feats, probs, bins, seed)
-    return report
+    return report, audio
 
 
 def _add_requested_label_accuracy(report, records, probs, labels) -> None:

@@ -32,6 +32,7 @@ class S4DBlock(nn.Module):
         self.C = nn.Parameter(torch.randn(H, M, 2) * math.sqrt(0.5))  # complex as (real, imag)
         self.D = nn.Parameter(torch.randn(H))
         self.out_proj = nn.Linear(H, 2 * H)
+        self._step_cache: tuple | None = None  # (parameter versions, (dA, C*dB)) for generation
 
     def _discretize(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(dA, C*dB, dt*A), each (H, N/2) complex64, computed in fp32."""
@@ -65,9 +66,19 @@ class S4DBlock(nn.Module):
         """The SSM state, (batch, H, N/2) complex64 zeros."""
         return torch.zeros(batch, *self.C.shape[:2], dtype=torch.complex64, device=device)
 
+    def _step_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dA, C*dB), cached while no parameter changes (their in-place version counters say)."""
+        if torch.is_grad_enabled():
+            return self._discretize()[:2]
+        params = (self.log_dt, self.log_neg_A_real, self.A_imag, self.C)
+        key = tuple((p._version, p.data_ptr()) for p in params)
+        if self._step_cache is None or self._step_cache[0] != key:
+            self._step_cache = (key, self._discretize()[:2])
+        return self._step_cache[1]
+
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (batch, H) -> y: (batch, H); state (batch, H, N/2) is updated in place and returned."""
-        dA, CdB, _ = self._discretize()
+        dA, CdB = self._step_matrices()
         u = x.float()
         state.mul_(dA).add_(u[:, :, None].to(state.dtype))
         y = 2 * torch.einsum("hn,bhn->bh", CdB, state).real + self.D.float() * u

@@ -48,3 +48,18 @@ def test_mamba_initialises_delta_within_its_range():
     delta = torch.nn.functional.softplus(block.dt_proj.bias)
     assert delta.min() >= 1e-3 * 0.999 and delta.max() <= 1e-1 * 1.001
     torch.testing.assert_close(-torch.exp(block.A_log[0]), -torch.arange(1.0, 5.0))  # S4D-Real
+
+
+def test_s4d_step_cache_follows_parameter_updates():
+    block = make_block("s4d", 6, CFG).eval()
+    x = torch.randn(2, 6)
+    with torch.no_grad():
+        before, _ = block.step(x, block.initial_state(2))
+        block.block.log_dt.add_(0.5)  # an optimizer-style in-place update
+        after, _ = block.step(x, block.initial_state(2))
+        want, _ = block.step(x, block.initial_state(2))
+    with torch.enable_grad():
+        fresh, _ = block.step(x, block.initial_state(2))  # grad mode never uses the cache
+    torch.testing.assert_close(after, fresh)
+    torch.testing.assert_close(after, want)
+    assert (after - before).abs().max() > 1e-6
