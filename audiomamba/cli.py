@@ -176,15 +176,16 @@ def _classifier_data(args):
 
 def cmd_classifier_train(args, extra) -> None:
     from audiomamba.data.clipset import load_split
+    from audiomamba.data.mulaw import mulaw_decode
     from audiomamba.eval.classifier import ClassifierConfig, accuracy, save_classifier, train_classifier
-    from audiomamba.eval.evaluate import real_split_audio
     from audiomamba.train import pick_device
 
     data = _classifier_data(args)
     device = pick_device(args.device)
+    splits = {split: load_split(data, split) for split in ("train", "validation", "test")}
     (train_audio, train_labels), (val_audio, val_labels), (test_audio, test_labels) = (
-        real_split_audio(data, split) for split in ("train", "validation", "test"))
-    labels = load_split(data, "test").label_names
+        (mulaw_decode(clips.tokens), clips.labels) for clips in splits.values())
+    labels = splits["test"].label_names
     if args.limit:  # a seeded random subset: files are sorted by label
         import torch
 

@@ -58,7 +58,7 @@ class GraphedStep:
     """
 
     def __init__(self, model: WaveformLM, state: dict, labels: torch.Tensor | None, batch: int, device):
-        self.state, self.stride = state, model.backbone.stride
+        self.stride = model.backbone.stride
         self.prev = torch.full((batch,), SILENCE, dtype=torch.long, device=device)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -66,12 +66,12 @@ class GraphedStep:
             for _ in range(self.stride):
                 model.step(self.prev, state, labels)
         torch.cuda.current_stream(device).wait_stream(side)
-        self.pool = torch.cuda.graph_pool_handle()
+        pool = torch.cuda.graph_pool_handle()
         self.graphs, self.logits = [], []
         state["t"] = 0
         for _ in range(self.stride):
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            with torch.cuda.graph(graph, pool=pool):
                 logits, _ = model.step(self.prev, state, labels)
             self.graphs.append(graph)
             self.logits.append(logits)
@@ -146,6 +146,8 @@ def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, te
     if prefix is not None and len(prefix) > length:
         raise ValueError(f"the prefix ({len(prefix)} samples) is longer than the clip ({length})")
     check_memory(model, n, length, min(batch_size, n), device)
+    if prefix is not None:
+        prefix = prefix.to(device).long()  # once, not a host-to-device copy per sample
     model.eval()
     tokens = torch.empty(n, length, dtype=torch.uint8)
     loglik = torch.zeros(n, dtype=torch.float64)
@@ -182,7 +184,7 @@ def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, te
             alive = alive & finite
             logits = torch.where(alive[:, None], logits, torch.zeros_like(logits))
             if prefix is not None and t < len(prefix):
-                nxt = prefix[t].to(device).long().expand(rows)
+                nxt = prefix[t].expand(rows)
             else:
                 nxt = sample_next(logits, temperature, top_p, generator)
             nxt = torch.where(alive, nxt, torch.full_like(nxt, SILENCE))

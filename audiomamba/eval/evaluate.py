@@ -158,9 +158,9 @@ def spectrogram_sheet(classifier: SpeechClassifier, audio: torch.Tensor, predict
                       ) -> np.ndarray:
     """A grayscale image: one row per predicted class, up to ``per_class`` log-mel spectrograms each,
     low frequencies at the bottom."""
+    device = next(classifier.parameters()).device
     with torch.no_grad():
-        mels = classifier.features_in.cpu()(audio)[:, 0].numpy()  # (n, mels, frames)
-    classifier.features_in.to(next(classifier.parameters()).device)
+        mels = classifier.features_in(audio.to(device))[:, 0].cpu().numpy()  # (n, mels, frames)
     lo, hi = np.percentile(mels, 1), np.percentile(mels, 99)
     tiles = np.clip((mels - lo) / max(hi - lo, 1e-6) * 255, 0, 255)[:, ::-1].repeat(2, axis=1)
     h, w = tiles.shape[1:]
