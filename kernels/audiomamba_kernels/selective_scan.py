@@ -1,0 +1,344 @@
+"""Triton selective scan: a chunked, sequence-parallel forward and backward, and a one-step update.
+
+Same contract as ``audiomamba.ops.selective_scan.selective_scan_ref`` (the test oracle):
+
+    h[t] = exp(delta[t] * A) * h[t-1] + delta[t] * B[t] * u[t];   y[t] = <C[t], h[t]> + D u[t];   y *= silu(z)
+
+Layout: u, delta, z (batch, d, L); A (d, n); B, C (batch, n, L). The time axis is cut into chunks
+of T samples, and each program takes one (chunk, batch, block of channels):
+
+1. ``_scan_chunks`` (pass "local") scans each chunk from a zero state. Time is parallel inside
+   the chunk: ``tl.associative_scan`` combines the pairs (a, b) of h = a h + b as
+   (a1 a2, a2 b1 + b2). It writes each chunk's end state and the sum of its delta.
+2. ``_pass_chunks`` carries the state across chunks, one loop per (batch, channel). Chunk c adds
+   exp(A * sum(delta_c)) times the carried state.
+3. ``_scan_chunks`` (pass "output") rescans each chunk from its true incoming state and writes y.
+
+The backward pass has the same structure, run backwards in time for the adjoint
+lambda[t] = C[t] dy[t] + a[t+1] lambda[t+1]. It never stores the (batch, d, n, L) states. The
+gradient through the decay uses lambda[t] * (h[t] - b[t]), which equals lambda[t] * a[t] * h[t-1]
+with no division. A program loads its B and C tiles (n x T) once and reuses them for every
+channel of its block. It accumulates dB and dC over those channels before one atomic add per
+block. State and accumulation are fp32 whatever the input dtype.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_D = 16  # channels per program (their B, C tiles are loaded once)
+MAX_CHUNK = 128  # samples per chunk at most (tests lower both to exercise many chunks cheaply)
+
+
+def _chunk_len(n_state: int) -> int:
+    """Samples per chunk: keeps the (n, T) tiles near 2048 elements per program."""
+    return max(min(16, MAX_CHUNK), min(MAX_CHUNK, 2048 // triton.next_power_of_2(n_state)))
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
+
+
+@triton.jit
+def _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """delta[b, d, t] in fp32 with bias and softplus; 0 where masked (so a = 1 and b = 0 there)."""
+    dt = tl.load(delta_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + d, mask=d < n_ch, other=0.0).to(tl.float32)
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    return tl.where(mask, dt, 0.0)
+
+
+@triton.jit
+def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
+                 end_state_ptr, dt_sum_ptr, incoming_ptr,
+                 n_ch, L, N, n_chunks,
+                 T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, OUTPUT: tl.constexpr,
+                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """OUTPUT=False: chunk end states (from zero) and delta sums. OUTPUT=True: y from incoming states."""
+    c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t = c * T + tl.arange(0, T)
+    n = tl.arange(0, N_PAD)
+    t_ok, n_ok = t < L, n < N
+    tile_ok = n_ok[:, None] & t_ok[None, :]
+    bc_offsets = b * N * L + n[:, None] * L + t[None, :]
+    B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
+    if OUTPUT:
+        C_tile = tl.load(C_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
+    last = (tl.arange(0, T) == T - 1)[None, :]
+    for i in range(BLOCK):
+        d = blk * BLOCK + i
+        d_ok = d < n_ch
+        mask = t_ok & d_ok
+        row = (b * n_ch + d) * L
+        dt = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
+        A = tl.load(A_ptr + d * N + n, mask=n_ok & d_ok, other=0.0).to(tl.float32)
+        a = tl.exp(dt[None, :] * A[:, None])
+        drive = (dt * u)[None, :] * B_tile
+        a_cum, h = tl.associative_scan((a, drive), 1, _combine)
+        state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
+        if OUTPUT:
+            h0 = tl.load(incoming_ptr + state_offsets, mask=n_ok & d_ok, other=0.0)
+            h = h + a_cum * h0[:, None]
+            y = tl.sum(C_tile * h, axis=0)
+            if HAS_D:
+                y += tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) * u
+            if HAS_Z:
+                zz = tl.load(z_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(y_ptr + row + t, y.to(y_ptr.dtype.element_ty), mask=mask)
+        else:
+            tl.store(end_state_ptr + state_offsets, tl.sum(tl.where(last, h, 0.0), axis=1), mask=n_ok & d_ok)
+            tl.store(dt_sum_ptr + (b * n_ch + d) * n_chunks + c, tl.sum(dt, axis=0), mask=d_ok)
+
+
+@triton.jit
+def _pass_chunks(A_ptr, chunk_ptr, dt_sum_ptr, carry_in_ptr, init_ptr, final_ptr, n_ch, N, n_chunks,
+                 N_PAD: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr):
+    """carry_in[c] = carry; carry = exp(A * dt_sum[c]) * carry + chunk[c], over c in time order
+    (or reverse time order). ``final`` gets the carry after the last chunk."""
+    b, d = tl.program_id(0), tl.program_id(1)
+    n = tl.arange(0, N_PAD)
+    n_ok = n < N
+    A = tl.load(A_ptr + d * N + n, mask=n_ok, other=0.0).to(tl.float32)
+    base = ((b * n_ch + d) * N + n) * n_chunks
+    if HAS_INIT:
+        carry = tl.load(init_ptr + (b * n_ch + d) * N + n, mask=n_ok, other=0.0).to(tl.float32)
+    else:
+        carry = tl.zeros([N_PAD], dtype=tl.float32)
+    for i in range(n_chunks):
+        c = n_chunks - 1 - i if REVERSE else i
+        tl.store(carry_in_ptr + base + c, carry, mask=n_ok)
+        dt_sum = tl.load(dt_sum_ptr + (b * n_ch + d) * n_chunks + c)
+        carry = tl.exp(A * dt_sum) * carry + tl.load(chunk_ptr + base + c, mask=n_ok, other=0.0)
+    tl.store(final_ptr + (b * n_ch + d) * N + n, carry, mask=n_ok)
+
+
+@triton.jit
+def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gy_ptr,
+                     incoming_ptr, first_ptr, carry_in_ptr,
+                     gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr,
+                     n_ch, L, N, n_chunks,
+                     T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, GRADS: tl.constexpr,
+                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """GRADS=False: per chunk, a[first] * lambda_local[first] (the adjoint a chunk hands to the one
+    before it). GRADS=True: every gradient, from the adjoint carried in from later chunks."""
+    c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tt = tl.arange(0, T)
+    t = c * T + tt
+    n = tl.arange(0, N_PAD)
+    t_ok, n_ok = t < L, n < N
+    tile_ok = n_ok[:, None] & t_ok[None, :]
+    bc_offsets = b * N * L + n[:, None] * L + t[None, :]
+    B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
+    C_tile = tl.load(C_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
+    gB_acc = tl.zeros([N_PAD, T], dtype=tl.float32)
+    gC_acc = tl.zeros([N_PAD, T], dtype=tl.float32)
+    chunk_end = tl.minimum(c * T + T, L)
+    for i in range(BLOCK):
+        d = blk * BLOCK + i
+        d_ok = d < n_ch
+        mask = t_ok & d_ok
+        row = (b * n_ch + d) * L
+        dt = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS, SOFTPLUS)
+        next_ok = (t + 1 < chunk_end) & d_ok
+        dt_next = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t + 1, next_ok, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(gy_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
+        A = tl.load(A_ptr + d * N + n, mask=n_ok & d_ok, other=0.0).to(tl.float32)
+        state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
+        # Forward states of this chunk, recomputed from its incoming state.
+        a = tl.exp(dt[None, :] * A[:, None])
+        drive = (dt * u)[None, :] * B_tile
+        a_cum, h = tl.associative_scan((a, drive), 1, _combine)
+        h0 = tl.load(incoming_ptr + state_offsets, mask=n_ok & d_ok, other=0.0)
+        h = h + a_cum * h0[:, None]
+        gy = g
+        if HAS_Z:
+            zz = tl.load(z_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(zz)
+            gy = g * zz * sig
+        # Adjoint within the chunk: lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1], cut at the chunk end.
+        a_next = tl.where(next_ok[None, :] & n_ok[:, None], tl.exp(dt_next[None, :] * A[:, None]), 0.0)
+        _, lam = tl.associative_scan((a_next, C_tile * gy[None, :]), 1, _combine, reverse=True)
+        if GRADS:
+            # Add the adjoint from later chunks: prod_{s=t+1}^{end} a[s] = exp(A * (sum(dt) - cumsum(dt)[t])).
+            after = tl.sum(dt, axis=0) - tl.cumsum(dt, axis=0)
+            carry = tl.load(carry_in_ptr + state_offsets, mask=n_ok & d_ok, other=0.0)
+            lam = lam + tl.exp(A[:, None] * after[None, :]) * carry[:, None]
+            lam = tl.where(tile_ok & d_ok, lam, 0.0)
+            g_decay = lam * (h - drive)  # d loss / d (dt * A) = lambda[t] a[t] h[t-1]
+            gdt = tl.sum(lam * B_tile, axis=0) * u + tl.sum(g_decay * A[:, None], axis=0)
+            gu = tl.sum(lam * B_tile, axis=0) * dt
+            if HAS_D:
+                gu += gy * tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+            if HAS_Z:
+                y = tl.sum(C_tile * h, axis=0)
+                if HAS_D:
+                    y += tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) * u
+                gz = g * y * sig * (1.0 + zz * (1.0 - sig))
+                tl.store(gz_ptr + row + t, gz, mask=mask)
+            if SOFTPLUS:
+                raw = tl.load(delta_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    raw += tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+                gdt = gdt * tl.sigmoid(raw)
+            tl.store(gdelta_ptr + row + t, gdt, mask=mask)
+            tl.store(gu_ptr + row + t, gu, mask=mask)
+            tl.atomic_add(gA_ptr + d * N + n, tl.sum(g_decay * dt[None, :], axis=1), mask=n_ok & d_ok)
+            gB_acc += lam * (dt * u)[None, :]
+            gC_acc += tl.where(d_ok, h * gy[None, :], 0.0)
+        else:
+            first = (tt == 0)[None, :]
+            handed = tl.sum(tl.where(first, a * lam, 0.0), axis=1)
+            tl.store(first_ptr + state_offsets, handed, mask=n_ok & d_ok)
+    if GRADS:
+        tl.atomic_add(gB_ptr + bc_offsets, gB_acc, mask=tile_ok)
+        tl.atomic_add(gC_ptr + bc_offsets, gC_acc, mask=tile_ok)
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias):
+    batch, n_ch, L = u.shape
+    N = A.shape[1]
+    tensors = [x.contiguous() if x is not None else None for x in (u, delta, A, B, C, D, z, delta_bias)]
+    T = _chunk_len(N)
+    meta = dict(batch=batch, n_ch=n_ch, L=L, N=N, T=T, n_chunks=triton.cdiv(L, T), N_PAD=triton.next_power_of_2(N))
+    return tensors, meta
+
+
+def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
+    (u, delta, A, B, C, D, z, bias), m = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    A = A.float()
+    f32 = dict(device=u.device, dtype=torch.float32)
+    end_state = torch.empty(m["batch"], m["n_ch"], m["N"], m["n_chunks"], **f32)
+    dt_sum = torch.empty(m["batch"], m["n_ch"], m["n_chunks"], **f32)
+    incoming = torch.empty_like(end_state)
+    final = torch.empty(m["batch"], m["n_ch"], m["N"], **f32)
+    y = torch.empty_like(u)
+    grid = (m["n_chunks"], m["batch"], triton.cdiv(m["n_ch"], BLOCK_D))
+    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
+    args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u)
+    sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"])
+    _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D,
+                       OUTPUT=False, **flags)
+    init = initial_state.float().contiguous() if initial_state is not None else final
+    _pass_chunks[(m["batch"], m["n_ch"])](A, end_state, dt_sum, incoming, init, final, m["n_ch"], m["N"],
+                                          m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=False,
+                                          HAS_INIT=initial_state is not None)
+    _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D,
+                       OUTPUT=True, **flags)
+    return y, final, incoming, dt_sum
+
+
+def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_sum):
+    (u, delta, A, B, C, D, z, bias), m = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    A, gy = A.float(), gy.contiguous()
+    f32 = dict(device=u.device, dtype=torch.float32)
+    first = torch.empty_like(incoming)
+    carry_in = torch.empty_like(incoming)
+    g_init = torch.empty(m["batch"], m["n_ch"], m["N"], **f32)
+    gu = torch.empty(u.shape, **f32)
+    gdelta = torch.empty(u.shape, **f32)
+    gz = torch.empty(u.shape, **f32) if z is not None else None
+    gA = torch.zeros(A.shape, **f32)
+    gB = torch.zeros(B.shape, **f32)
+    gC = torch.zeros(C.shape, **f32)
+    grid = (m["n_chunks"], m["batch"], triton.cdiv(m["n_ch"], BLOCK_D))
+    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
+    args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u,
+            gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu, gA, gB, gC)
+    sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"])
+    common = dict(T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, **flags)
+    _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
+    _pass_chunks[(m["batch"], m["n_ch"])](A, first, dt_sum, carry_in, g_init, g_init, m["n_ch"], m["N"],
+                                          m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=True, HAS_INIT=False)
+    _scan_chunks_bwd[grid](*args, *sizes, GRADS=True, **common)
+    return gu, gdelta, gA, gB, gC, gz, g_init
+
+
+class _SelectiveScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
+        y, final, incoming, dt_sum = _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, incoming, dt_sum, initial_state)
+        ctx.softplus = softplus
+        ctx.mark_non_differentiable(final)
+        return y, final
+
+    @staticmethod
+    def backward(ctx, gy, _g_final):
+        u, delta, A, B, C, D, z, bias, incoming, dt_sum, initial_state = ctx.saved_tensors
+        gu, gdelta, gA, gB, gC, gz, g_init = _backward(gy, u, delta, A, B, C, D, z, bias, ctx.softplus, incoming,
+                                                       dt_sum)
+        gD = None
+        if D is not None:
+            gated = gy.float() * torch.nn.functional.silu(z.float()) if z is not None else gy.float()
+            gD = (gated * u.float()).sum((0, 2)).to(D.dtype)
+        gbias = gdelta.sum((0, 2)).to(bias.dtype) if bias is not None else None
+        return (gu.to(u.dtype), gdelta.to(delta.dtype), gA.to(A.dtype), gB.to(B.dtype), gC.to(C.dtype), gD,
+                gz.to(z.dtype) if z is not None else None, gbias, None,
+                g_init.to(initial_state.dtype) if initial_state is not None else None)
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, initial_state=None):
+    """Triton selective scan; arguments and results as ``selective_scan_ref``."""
+    y, final = _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    return (y, final) if return_last_state else y
+
+
+@triton.jit
+def _state_update(state_ptr, x_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, n_ch, N,
+                  N_PAD: tl.constexpr, BLOCK: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """One step for a block of channels: state (BLOCK, n) updated in place, y (BLOCK,) written."""
+    b, blk = tl.program_id(0), tl.program_id(1)
+    d = blk * BLOCK + tl.arange(0, BLOCK)
+    n = tl.arange(0, N_PAD)
+    d_ok, n_ok = d < n_ch, n < N
+    ok = d_ok[:, None] & n_ok[None, :]
+    dt = tl.load(delta_ptr + b * n_ch + d, mask=d_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    x = tl.load(x_ptr + b * n_ch + d, mask=d_ok, other=0.0).to(tl.float32)
+    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=ok, other=0.0).to(tl.float32)
+    Bv = tl.load(B_ptr + b * N + n, mask=n_ok, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + b * N + n, mask=n_ok, other=0.0).to(tl.float32)
+    offsets = (b * n_ch + d[:, None]) * N + n[None, :]
+    h = tl.load(state_ptr + offsets, mask=ok, other=0.0)
+    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bv[None, :]
+    tl.store(state_ptr + offsets, h, mask=ok)
+    y = tl.sum(h * Cv[None, :], axis=1)
+    if HAS_D:
+        y += tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) * x
+    if HAS_Z:
+        zz = tl.load(z_ptr + b * n_ch + d, mask=d_ok, other=0.0).to(tl.float32)
+        y = y * zz * tl.sigmoid(zz)
+    tl.store(y_ptr + b * n_ch + d, y.to(y_ptr.dtype.element_ty), mask=d_ok)
+
+
+def selective_state_update(state, x, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """One recurrent step, fused; arguments and results as ``selective_state_update_ref``."""
+    if state.dtype != torch.float32 or not state.is_contiguous():
+        raise ValueError("the scan state must be a contiguous fp32 tensor (it is updated in place)")
+    batch, n_ch = x.shape
+    N = A.shape[1]
+    x, delta, A, B, C = (t.contiguous() for t in (x, delta, A, B, C))
+    y = torch.empty_like(x)
+    block = min(64, triton.next_power_of_2(n_ch))
+    _state_update[(batch, triton.cdiv(n_ch, block))](
+        state, x, delta, A, B, C, D if D is not None else x, z.contiguous() if z is not None else x,
+        delta_bias if delta_bias is not None else x, y, n_ch, N, N_PAD=triton.next_power_of_2(N), BLOCK=block,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus)
+    return y

@@ -1,0 +1,108 @@
+"""The Triton kernels against the PyTorch reference, on fresh random inputs.
+
+On a machine with a GPU they run there; elsewhere under the Triton interpreter (tests/conftest.py
+sets TRITON_INTERPRET=1 before triton is imported). Tolerances: relative L2 error <= 1e-4 for fp32
+inputs and <= 1e-2 for bf16 inputs, forward and every gradient; states are fp32 in both.
+"""
+import pytest
+import torch
+
+from audiomamba.ops.selective_scan import selective_scan_ref, selective_state_update_ref
+
+kernels = pytest.importorskip("audiomamba_kernels.selective_scan")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _small_tiles_under_the_interpreter(monkeypatch):
+    """The interpreter runs programs in Python: short chunks and channel blocks keep it quick and
+    make even short sequences cross several chunks and several channel blocks."""
+    if DEVICE == "cpu":
+        monkeypatch.setattr(kernels, "MAX_CHUNK", 16)
+        monkeypatch.setattr(kernels, "BLOCK_D", 4)
+
+
+def rel_err(got, want):
+    return ((got.double() - want.double()).norm() / want.double().norm().clamp(min=1e-30)).item()
+
+
+def make_inputs(batch, d, n, length, dtype, with_z, with_d, with_bias):
+    g = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())  # fresh per call
+
+    def rand(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g) * scale + shift).to(DEVICE)
+
+    return dict(
+        u=rand(batch, d, length).to(dtype),
+        delta=rand(batch, d, length, scale=0.5, shift=-1.0).to(dtype),
+        A=-torch.rand(d, n, generator=g).to(DEVICE) * 4 - 0.1,
+        B=rand(batch, n, length).to(dtype),
+        C=rand(batch, n, length).to(dtype),
+        D=rand(d) if with_d else None,
+        z=rand(batch, d, length).to(dtype) if with_z else None,
+        delta_bias=rand(d, scale=0.1) if with_bias else None,
+    )
+
+
+# (batch, channels, state, length): L = 1, L not a multiple of the chunk, channels not a multiple
+# of the block, N in {16, 64}.
+SHAPES = [(2, 3, 4, 1), (2, 5, 16, 37), (1, 6, 64, 40)]
+if torch.cuda.is_available():
+    SHAPES += [(1, 17, 16, 1000), (2, 40, 64, 300), (2, 128, 16, 4001)]
+
+
+@pytest.mark.parametrize("batch, d, n, length", SHAPES)
+@pytest.mark.parametrize("options", [(True, True, True), (False, False, False)])
+def test_forward_and_every_gradient_match_the_reference_in_fp32(batch, d, n, length, options):
+    inputs = make_inputs(batch, d, n, length, torch.float32, *options)
+    softplus = options[2]
+    if not softplus:  # delta is used as given: it must be positive for a decaying recurrence
+        inputs["delta"] = inputs["delta"].abs()
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items() if v is not None}
+    ref_leaves = {k: v.detach().clone().requires_grad_() for k, v in leaves.items()}
+    h0 = torch.randn(batch, d, n, device=DEVICE)
+    y, last = kernels.selective_scan(**{**inputs, **leaves}, delta_softplus=softplus, return_last_state=True)
+    y_ref, last_ref = selective_scan_ref(**{**inputs, **ref_leaves}, delta_softplus=softplus, return_last_state=True)
+    assert rel_err(y, y_ref) <= 1e-4 and rel_err(last, last_ref) <= 1e-4
+    weight = torch.randn_like(y_ref)
+    (y * weight).sum().backward()
+    (y_ref * weight).sum().backward()
+    for name in leaves:
+        assert rel_err(leaves[name].grad, ref_leaves[name].grad) <= 1e-4, name
+    # With an initial state (prefix continuation), gradients reach it too.
+    h0a, h0b = h0.clone().requires_grad_(), h0.clone().requires_grad_()
+    ya = kernels.selective_scan(**inputs, delta_softplus=softplus, initial_state=h0a)
+    yb = selective_scan_ref(**inputs, delta_softplus=softplus, initial_state=h0b)
+    assert rel_err(ya, yb) <= 1e-4
+    (ya * weight).sum().backward()
+    (yb * weight).sum().backward()
+    assert rel_err(h0a.grad, h0b.grad) <= 1e-4
+
+
+@pytest.mark.parametrize("n", [16, 64])
+def test_bf16_inputs_match_the_reference_within_1e_2(n):
+    inputs = make_inputs(2, 6, n, 45, torch.bfloat16, True, True, True)
+    leaves = {k: v.clone().requires_grad_() for k in ("u", "delta", "B", "C", "z") for v in [inputs[k]]}
+    ref = {k: v.detach().float().requires_grad_() for k, v in leaves.items()}
+    y = kernels.selective_scan(**{**inputs, **leaves}, delta_softplus=True)
+    y_ref = selective_scan_ref(**{**inputs, **ref}, delta_softplus=True)
+    assert y.dtype == torch.bfloat16 and rel_err(y.float(), y_ref) <= 1e-2
+    weight = torch.randn(y.shape, device=DEVICE)
+    (y.float() * weight).sum().backward()
+    (y_ref * weight).sum().backward()
+    for name in leaves:
+        assert rel_err(leaves[name].grad.float(), ref[name].grad) <= 1e-2, name
+
+
+@pytest.mark.parametrize("d, n", [(5, 4), (40, 16), (70, 64)])
+@pytest.mark.parametrize("with_options", [True, False])
+def test_fused_state_update_matches_the_reference_step(d, n, with_options):
+    x = make_inputs(3, d, n, 1, torch.float32, with_options, with_options, with_options)
+    step = {k: (v[..., 0] if k in ("u", "delta", "B", "C", "z") and v is not None else v) for k, v in x.items()}
+    state = torch.randn(3, d, n, device=DEVICE)
+    state_ref = state.clone()
+    args = (step["u"], step["delta"], step["A"], step["B"], step["C"], step["D"], step["z"], step["delta_bias"],
+            with_options)
+    y = kernels.selective_state_update(state, *args)
+    y_ref = selective_state_update_ref(state_ref, *args)
+    assert rel_err(y, y_ref) <= 1e-5 and rel_err(state, state_ref) <= 1e-5
