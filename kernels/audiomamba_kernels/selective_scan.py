@@ -73,7 +73,6 @@ def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     if OUTPUT:
         C_tile = tl.load(C_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
-    last = (tl.arange(0, T) == T - 1)[None, :]
     for i in range(BLOCK):
         d = blk * BLOCK + i
         d_ok = d < n_ch
@@ -82,11 +81,11 @@ def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         dt = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS, SOFTPLUS)
         u = tl.load(u_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
         A = tl.load(A_ptr + d * N + n, mask=n_ok & d_ok, other=0.0).to(tl.float32)
-        a = tl.exp(dt[None, :] * A[:, None])
         drive = (dt * u)[None, :] * B_tile
-        a_cum, h = tl.associative_scan((a, drive), 1, _combine)
         state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
         if OUTPUT:
+            a = tl.exp(dt[None, :] * A[:, None])
+            a_cum, h = tl.associative_scan((a, drive), 1, _combine)
             h0 = tl.load(incoming_ptr + state_offsets, mask=n_ok & d_ok, other=0.0)
             h = h + a_cum * h0[:, None]
             y = tl.sum(C_tile * h, axis=0)
@@ -96,8 +95,10 @@ def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                 zz = tl.load(z_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
                 y = y * zz * tl.sigmoid(zz)
             tl.store(y_ptr + row + t, y.to(y_ptr.dtype.element_ty), mask=mask)
-        else:
-            tl.store(end_state_ptr + state_offsets, tl.sum(tl.where(last, h, 0.0), axis=1), mask=n_ok & d_ok)
+        else:  # end state = sum_t exp(A * sum(dt after t)) * drive[t]: a weighted sum, no scan needed
+            after = tl.sum(dt, axis=0) - tl.cumsum(dt, axis=0)
+            end = tl.sum(tl.exp(A[:, None] * after[None, :]) * drive, axis=1)
+            tl.store(end_state_ptr + state_offsets, end, mask=n_ok & d_ok)
             tl.store(dt_sum_ptr + (b * n_ch + d) * n_chunks + c, tl.sum(dt, axis=0), mask=d_ok)
 
 
@@ -133,8 +134,7 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     """GRADS=False: per chunk, a[first] * lambda_local[first] (the adjoint a chunk hands to the one
     before it). GRADS=True: every gradient, from the adjoint carried in from later chunks."""
     c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    tt = tl.arange(0, T)
-    t = c * T + tt
+    t = c * T + tl.arange(0, T)
     n = tl.arange(0, N_PAD)
     t_ok, n_ok = t < L, n < N
     tile_ok = n_ok[:, None] & t_ok[None, :]
@@ -150,28 +150,28 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         mask = t_ok & d_ok
         row = (b * n_ch + d) * L
         dt = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS, SOFTPLUS)
-        next_ok = (t + 1 < chunk_end) & d_ok
-        dt_next = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t + 1, next_ok, HAS_BIAS, SOFTPLUS)
         u = tl.load(u_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(gy_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
         A = tl.load(A_ptr + d * N + n, mask=n_ok & d_ok, other=0.0).to(tl.float32)
         state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
-        # Forward states of this chunk, recomputed from its incoming state.
-        a = tl.exp(dt[None, :] * A[:, None])
-        drive = (dt * u)[None, :] * B_tile
-        a_cum, h = tl.associative_scan((a, drive), 1, _combine)
-        h0 = tl.load(incoming_ptr + state_offsets, mask=n_ok & d_ok, other=0.0)
-        h = h + a_cum * h0[:, None]
         gy = g
         if HAS_Z:
             zz = tl.load(z_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
             sig = tl.sigmoid(zz)
             gy = g * zz * sig
-        # Adjoint within the chunk: lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1], cut at the chunk end.
-        a_next = tl.where(next_ok[None, :] & n_ok[:, None], tl.exp(dt_next[None, :] * A[:, None]), 0.0)
-        _, lam = tl.associative_scan((a_next, C_tile * gy[None, :]), 1, _combine, reverse=True)
         if GRADS:
-            # Add the adjoint from later chunks: prod_{s=t+1}^{end} a[s] = exp(A * (sum(dt) - cumsum(dt)[t])).
+            # Forward states of this chunk, recomputed from its incoming state.
+            a = tl.exp(dt[None, :] * A[:, None])
+            drive = (dt * u)[None, :] * B_tile
+            a_cum, h = tl.associative_scan((a, drive), 1, _combine)
+            h0 = tl.load(incoming_ptr + state_offsets, mask=n_ok & d_ok, other=0.0)
+            h = h + a_cum * h0[:, None]
+            # Adjoint: lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1], cut at the chunk end, plus the
+            # adjoint from later chunks times prod_{s=t+1}^{end} a[s] = exp(A * (sum(dt) - cumsum(dt)[t])).
+            next_ok = (t + 1 < chunk_end) & d_ok
+            dt_next = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t + 1, next_ok, HAS_BIAS, SOFTPLUS)
+            a_next = tl.where(next_ok[None, :] & n_ok[:, None], tl.exp(dt_next[None, :] * A[:, None]), 0.0)
+            _, lam = tl.associative_scan((a_next, C_tile * gy[None, :]), 1, _combine, reverse=True)
             after = tl.sum(dt, axis=0) - tl.cumsum(dt, axis=0)
             carry = tl.load(carry_in_ptr + state_offsets, mask=n_ok & d_ok, other=0.0)
             lam = lam + tl.exp(A[:, None] * after[None, :]) * carry[:, None]
@@ -198,8 +198,9 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             gB_acc += lam * (dt * u)[None, :]
             gC_acc += tl.where(d_ok, h * gy[None, :], 0.0)
         else:
-            first = (tt == 0)[None, :]
-            handed = tl.sum(tl.where(first, a * lam, 0.0), axis=1)
+            # a[first] * lambda_local[first] = sum_t exp(A * cumsum(dt)[t]) * C[t] gy[t]: no scan needed.
+            cum = tl.cumsum(dt, axis=0)
+            handed = tl.sum(tl.exp(A[:, None] * cum[None, :]) * C_tile * gy[None, :], axis=1)
             tl.store(first_ptr + state_offsets, handed, mask=n_ok & d_ok)
     if GRADS:
         tl.atomic_add(gB_ptr + bc_offsets, gB_acc, mask=tile_ok)
