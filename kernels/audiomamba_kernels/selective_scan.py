@@ -28,12 +28,14 @@ import triton
 import triton.language as tl
 
 BLOCK_D = 16  # channels per program (their B, C tiles are loaded once)
-MAX_CHUNK = 128  # samples per chunk at most (tests lower both to exercise many chunks cheaply)
+MAX_CHUNK = 64  # samples per chunk at most (tests lower both to exercise many chunks cheaply)
+TILE = 2048  # elements of an (n, T) tile: the chunk length is TILE / n, within [16, MAX_CHUNK]
+NUM_WARPS = 1  # warps per program of the chunk kernels (kernels/tune.py on H100: 1 warp, 64-sample chunks)
 
 
 def _chunk_len(n_state: int) -> int:
-    """Samples per chunk: keeps the (n, T) tiles near 2048 elements per program."""
-    return max(min(16, MAX_CHUNK), min(MAX_CHUNK, 2048 // triton.next_power_of_2(n_state)))
+    """Samples per chunk for state size ``n_state``."""
+    return max(min(16, MAX_CHUNK), min(MAX_CHUNK, TILE // triton.next_power_of_2(n_state)))
 
 
 @triton.jit
@@ -230,13 +232,13 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u)
     sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"])
     _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D,
-                       OUTPUT=False, **flags)
+                       OUTPUT=False, num_warps=NUM_WARPS, **flags)
     init = initial_state.float().contiguous() if initial_state is not None else final
     _pass_chunks[(m["batch"], m["n_ch"])](A, end_state, dt_sum, incoming, init, final, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=False,
                                           HAS_INIT=initial_state is not None)
     _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D,
-                       OUTPUT=True, **flags)
+                       OUTPUT=True, num_warps=NUM_WARPS, **flags)
     return y, final, incoming, dt_sum
 
 
@@ -258,7 +260,7 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u,
             gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu, gA, gB, gC)
     sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"])
-    common = dict(T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, **flags)
+    common = dict(T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, num_warps=NUM_WARPS, **flags)
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
     _pass_chunks[(m["batch"], m["n_ch"])](A, first, dt_sum, carry_in, g_init, g_init, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=True, HAS_INIT=False)
