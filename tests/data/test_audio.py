@@ -46,3 +46,20 @@ def test_written_wavs_are_16_bit_and_not_normalised(tmp_path):
     assert (info.samplerate, info.subtype) == (8000, "PCM_16")
     data, _ = soundfile.read(str(path))
     assert abs(data.max() - 0.25) < 1e-4
+
+
+def test_without_soundfile_pcm_wavs_still_read_the_same(tmp_path, monkeypatch):
+    """The GPU image has no soundfile: sampling writes and prefixes read through ``wave``."""
+    import sys
+
+    path = tmp_path / "stereo.wav"
+    write_tone(path, 440, 16000, 0.1, channels=2)
+    with_soundfile = read_clip(path, 8000)
+    monkeypatch.setitem(sys.modules, "soundfile", None)  # import soundfile now raises ImportError
+    without = read_clip(path, 8000)
+    torch.testing.assert_close(without, with_soundfile, rtol=0, atol=1e-4)
+    write_wav(tmp_path / "out.wav", without, 8000)
+    torch.testing.assert_close(read_clip(tmp_path / "out.wav", 8000), without, rtol=0, atol=1e-4)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF....nope")
+    with pytest.raises(AudioFileError, match="bad.wav"):
+        read_clip(tmp_path / "bad.wav", 8000)
