@@ -8,6 +8,7 @@
     audiomamba classifier train --data PATH --dataset speech_commands --out DIR
     audiomamba classifier predict --classifier DIR WAV ...
     audiomamba eval --samples DIR --classifier DIR --data PATH
+    audiomamba demo --checkpoint CKPT [--classifier DIR] [--port 7860]
 """
 from __future__ import annotations
 
@@ -238,6 +239,14 @@ def cmd_eval(args, extra) -> None:
     print(f"\nwrote {out / 'eval.json'}, {out / 'eval.md'} and {out / 'spectrograms.png'}")
 
 
+def cmd_demo(args, extra) -> None:
+    from audiomamba.train import pick_device
+    from audiomamba.webdemo import build_demo, load_models
+
+    models = load_models(args.checkpoint, args.classifier, pick_device(args.device))
+    build_demo(models).launch(server_name=args.host, server_port=args.port, show_error=True)
+
+
 def _add_data_arguments(p, from_classifier: bool) -> None:
     """--data and its layout options; for ``eval`` the layout defaults come from the classifier."""
     p.add_argument("--data", required=True, help="dataset root (Speech Commands layout or FSDD)")
@@ -329,6 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where eval.json, eval.md, spectrograms.png go (default: the samples folder)")
     p.add_argument("--device", default="auto")
     p.set_defaults(fn=cmd_eval)
+
+    p = verbs.add_parser("demo", help="the Gradio web demo (needs the 'demo' extra)")
+    p.add_argument("--checkpoint", required=True, help="generator checkpoint or run directory")
+    p.add_argument("--classifier", help="classifier directory, to label each clip")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(fn=cmd_demo)
     return parser
 
 

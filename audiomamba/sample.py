@@ -130,13 +130,16 @@ def check_memory(model: WaveformLM, n: int, length: int, batch_size: int, device
 @torch.no_grad()
 def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, temperature: float = 1.0,
              top_p: float = 1.0, seed: int = 0, label: int | None = None, prefix: torch.Tensor | None = None,
-             sample_rate: int = 16000, progress: bool = False, should_stop=None, cuda_graphs: bool = True) -> Generation:
+             sample_rate: int = 16000, progress: bool = False, should_stop=None, cuda_graphs: bool = True,
+             on_progress=None) -> Generation:
     """Generate ``n`` clips of ``length`` samples.
 
     label: class index for a conditional model (None = unconditional / "no label").
     prefix: (P,) tokens that every clip starts with (teacher-forced, returned unchanged).
     sample_rate: only for the real-time factor the progress bar shows.
     cuda_graphs: on CUDA, replay each step from captured graphs (see GraphedStep).
+    on_progress: optional callable(samples generated, samples in total, seconds so far), called
+    every 256 samples.
     should_stop: optional callable; when it returns True generation ends early, and the clips
     are cut to the samples made so far.
     """
@@ -192,10 +195,12 @@ def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, te
             batch_loglik += torch.where(alive, logp.double(), 0.0)
             batch_tokens[:, t] = nxt.to(torch.uint8)
             prev = nxt
-            if bar is not None and (t % 256 == 255 or t == length - 1):
-                bar.update(rows * (t % 256 + 1))
-                rate = bar.n / max(time.time() - started, 1e-9)
-                bar.set_postfix(real_time=f"{rate / sample_rate:.3f}x")
+            if t % 256 == 255 or t == length - 1:
+                if bar is not None:
+                    bar.update(rows * (t % 256 + 1))
+                    bar.set_postfix(real_time=f"{bar.n / max(time.time() - started, 1e-9) / sample_rate:.3f}x")
+                if on_progress is not None:
+                    on_progress(start * length + rows * (t + 1), n * length, time.time() - started)
             if should_stop is not None and should_stop():
                 made = min(made, t + 1)
                 break

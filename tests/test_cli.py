@@ -76,3 +76,32 @@ def test_bad_requests_exit_with_one_clear_line(trained, capsys):
     with pytest.raises(SystemExit):
         run("sample", trained / "nowhere")
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_demo_serves_the_page_for_a_checkpoint(trained):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    pytest.importorskip("gradio")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["demo", "--checkpoint", str(trained), "--port", str(port), "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-m", "audiomamba", *args], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, page = time.time() + 90, ""
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert "audiomamba" in page, proc.stderr.read() if proc.poll() is not None else "no page"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
