@@ -168,15 +168,15 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             a_cum, h = tl.associative_scan((a, drive), 1, _combine)
             h0 = tl.load(incoming_ptr + state_offsets, mask=n_ok & d_ok, other=0.0)
             h = h + a_cum * h0[:, None]
-            # Adjoint: lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1], cut at the chunk end, plus the
-            # adjoint from later chunks times prod_{s=t+1}^{end} a[s] = exp(A * (sum(dt) - cumsum(dt)[t])).
+            # Adjoint: lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1] within the chunk, plus the adjoint
+            # from later chunks times prod_{s=t+1}^{end} a[s]. With a[t+1] = 1 past the chunk end
+            # (delta masked to 0), the reverse scan's products are exactly that factor.
             next_ok = (t + 1 < chunk_end) & d_ok
             dt_next = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t + 1, next_ok, HAS_BIAS, SOFTPLUS)
-            a_next = tl.where(next_ok[None, :] & n_ok[:, None], tl.exp(dt_next[None, :] * A[:, None]), 0.0)
-            _, lam = tl.associative_scan((a_next, C_tile * gy[None, :]), 1, _combine, reverse=True)
-            after = tl.sum(dt, axis=0) - tl.cumsum(dt, axis=0)
+            a_next = tl.exp(dt_next[None, :] * A[:, None])
+            decay_to_end, lam = tl.associative_scan((a_next, C_tile * gy[None, :]), 1, _combine, reverse=True)
             carry = tl.load(carry_in_ptr + state_offsets, mask=n_ok & d_ok, other=0.0)
-            lam = lam + tl.exp(A[:, None] * after[None, :]) * carry[:, None]
+            lam = lam + decay_to_end * carry[:, None]
             lam = tl.where(tile_ok & d_ok, lam, 0.0)
             g_decay = lam * (h - drive)  # d loss / d (dt * A) = lambda[t] a[t] h[t-1]
             gdt = tl.sum(lam * B_tile, axis=0) * u + tl.sum(g_decay * A[:, None], axis=0)
