@@ -60,6 +60,24 @@ def _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS: tl.constex
 
 
 @triton.jit
+def _chunk_layout(c, b, L, N, T: tl.constexpr, N_PAD: tl.constexpr):
+    """Chunk c of batch row b: times t (T,), states n (N_PAD,), their masks, the (n, T) tile mask
+    and the offsets of the (n, T) tiles of B and C."""
+    t = c * T + tl.arange(0, T)
+    n = tl.arange(0, N_PAD)
+    t_ok, n_ok = t < L, n < N
+    return t, n, t_ok, n_ok, n_ok[:, None] & t_ok[None, :], b * N * L + n[:, None] * L + t[None, :]
+
+
+@triton.jit
+def _channel(blk, i, b, n_ch, L, t_ok, BLOCK: tl.constexpr):
+    """Channel i of the block: its index, whether it exists, its time mask and its row offset."""
+    d = blk * BLOCK + i
+    d_ok = d < n_ch
+    return d, d_ok, t_ok & d_ok, (b * n_ch + d) * L
+
+
+@triton.jit
 def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
                  end_state_ptr, dt_sum_ptr, incoming_ptr,
                  n_ch, L, N, n_chunks,
@@ -67,19 +85,12 @@ def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                  HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """OUTPUT=False: chunk end states (from zero) and delta sums. OUTPUT=True: y from incoming states."""
     c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t = c * T + tl.arange(0, T)
-    n = tl.arange(0, N_PAD)
-    t_ok, n_ok = t < L, n < N
-    tile_ok = n_ok[:, None] & t_ok[None, :]
-    bc_offsets = b * N * L + n[:, None] * L + t[None, :]
+    t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD)
     B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     if OUTPUT:
         C_tile = tl.load(C_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     for i in range(BLOCK):
-        d = blk * BLOCK + i
-        d_ok = d < n_ch
-        mask = t_ok & d_ok
-        row = (b * n_ch + d) * L
+        d, d_ok, mask, row = _channel(blk, i, b, n_ch, L, t_ok, BLOCK)
         dt = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS, SOFTPLUS)
         u = tl.load(u_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
         A = tl.load(A_ptr + d * N + n, mask=n_ok & d_ok, other=0.0).to(tl.float32)
@@ -136,21 +147,14 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     """GRADS=False: per chunk, a[first] * lambda_local[first] (the adjoint a chunk hands to the one
     before it). GRADS=True: every gradient, from the adjoint carried in from later chunks."""
     c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t = c * T + tl.arange(0, T)
-    n = tl.arange(0, N_PAD)
-    t_ok, n_ok = t < L, n < N
-    tile_ok = n_ok[:, None] & t_ok[None, :]
-    bc_offsets = b * N * L + n[:, None] * L + t[None, :]
+    t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD)
     B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     C_tile = tl.load(C_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     gB_acc = tl.zeros([N_PAD, T], dtype=tl.float32)
     gC_acc = tl.zeros([N_PAD, T], dtype=tl.float32)
     chunk_end = tl.minimum(c * T + T, L)
     for i in range(BLOCK):
-        d = blk * BLOCK + i
-        d_ok = d < n_ch
-        mask = t_ok & d_ok
-        row = (b * n_ch + d) * L
+        d, d_ok, mask, row = _channel(blk, i, b, n_ch, L, t_ok, BLOCK)
         dt = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS, SOFTPLUS)
         u = tl.load(u_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(gy_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
