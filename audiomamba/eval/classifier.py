@@ -29,6 +29,8 @@ class ClassifierConfig:
     n_mels: int = 40
     width: int = 32  # channels of the first stage; doubled at each of the 3 stages
     cardinality: int = 8  # groups of the ResNeXt 3x3 convolutions
+    freq_masks: int = 2  # SpecAugment while training: bands of up to 1/8 of the mels zeroed
+    time_masks: int = 2  # and spans of up to 10 frames (100 ms)
 
 
 class LogMel(nn.Module):
@@ -80,18 +82,42 @@ class SpeechClassifier(nn.Module):
         self.head = nn.Linear(4 * w, len(cfg.labels))
 
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.stages(self.stem(self.norm(self.features_in(audio))))
+        x = self.norm(self.features_in(audio))
+        if self.training:
+            x = spec_augment(x, self.cfg.freq_masks, max(1, self.cfg.n_mels // 8), self.cfg.time_masks, 10)
+        x = self.stages(self.stem(x))
         features = x.mean(dim=(2, 3))
         return self.head(features), features
 
 
+def spec_augment(features: torch.Tensor, freq_masks: int, max_freq: int, time_masks: int, max_time: int) -> torch.Tensor:
+    """SpecAugment (Park et al. 2019) on (batch, 1, mels, frames): each example gets ``freq_masks``
+    bands of up to ``max_freq`` mels and ``time_masks`` spans of up to ``max_time`` frames set to 0
+    (the normalised mean). Draws from the global torch RNG."""
+    batch, _, mels, frames = features.shape
+    keep = torch.ones(batch, 1, mels, frames, dtype=torch.bool, device=features.device)
+    for count, width, size, axis in ((freq_masks, max_freq, mels, 2), (time_masks, max_time, frames, 3)):
+        position = torch.arange(size, device=features.device)
+        for _ in range(count):
+            span = torch.randint(0, width + 1, (batch,), device=features.device)
+            start = (torch.rand(batch, device=features.device) * (size - span + 1)).long()
+            inside = (position[None] >= start[:, None]) & (position[None] < (start + span)[:, None])  # (batch, size)
+            keep &= ~(inside[:, None, :, None] if axis == 2 else inside[:, None, None, :])
+    return features * keep
+
+
 def augment(audio: torch.Tensor, sample_rate: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random time shift (up to 100 ms, zero-filled), gain (+-6 dB) and background noise (SNR 10-40 dB)."""
+    """Random speed (0.9-1.1x, one factor per batch, which shifts pitch and tempo together), time
+    shift (up to 100 ms, zero-filled), gain (+-6 dB) and background noise (SNR 10-40 dB)."""
     batch, length = audio.shape
     device = audio.device
 
     def rand(*shape):
         return torch.rand(*shape, generator=generator, device="cpu").to(device)
+
+    speed = float(rand(1)) * 0.2 + 0.9
+    stretched = F.interpolate(audio[:, None], scale_factor=1 / speed, mode="linear", align_corners=False)[:, 0]
+    audio = F.pad(stretched, (0, max(0, length - stretched.shape[1])))[:, :length]
 
     max_shift = sample_rate // 10
     shifts = ((rand(batch) * 2 - 1) * max_shift).long()

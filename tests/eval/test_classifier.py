@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from audiomamba.eval.classifier import (ClassifierConfig, SpeechClassifier, augment, load_classifier,
-                                        save_classifier)
+                                        save_classifier, spec_augment)
 
 
 def test_classifier_maps_waveforms_to_logits_and_features_at_8_and_16_khz():
@@ -16,6 +16,31 @@ def test_augmentation_keeps_shape_and_range_and_changes_the_audio():
     audio = torch.sin(torch.linspace(0, 200, 8000))[None].repeat(4, 1) * 0.5
     out = augment(audio, 8000, torch.Generator().manual_seed(0))
     assert out.shape == audio.shape and out.abs().max() <= 1 and not torch.allclose(out, audio)
+
+
+def test_spec_augment_zeroes_at_most_the_requested_bands_and_spans():
+    torch.manual_seed(0)
+    features = torch.randn(64, 1, 40, 101).abs() + 1  # nothing is zero before masking
+    out = spec_augment(features, freq_masks=2, max_freq=5, time_masks=2, max_time=10)
+    zero = out == 0
+    masked_mels = zero.all(dim=3).sum(dim=(1, 2))  # mels zeroed over every frame, per example
+    masked_frames = zero.all(dim=2).sum(dim=(1, 2))
+    assert out.shape == features.shape
+    assert masked_mels.max() <= 10 and masked_frames.max() <= 20
+    assert masked_mels.float().mean() > 1 and masked_frames.float().mean() > 2
+    assert torch.equal(out[~zero], features[~zero])  # everything else is untouched
+
+
+def test_spec_augment_applies_in_training_only():
+    model = SpeechClassifier(ClassifierConfig(sample_rate=8000, clip_samples=8000, labels=["x", "y"], width=16))
+    audio = torch.randn(2, 8000)
+    model.eval()
+    torch.testing.assert_close(model(audio)[0], model(audio)[0])
+    model.train()
+    torch.manual_seed(0)
+    first = model(audio)[1]
+    torch.manual_seed(1)
+    assert not torch.allclose(first, model(audio)[1])
 
 
 def test_save_and_load_round_trip_strictly(tmp_path):
