@@ -203,10 +203,11 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True) -> Path:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         optimizer.step()
         scheduler.step()
-        if ema is not None:
+        if ema is not None:  # the decay ramps up from 0.1 so that early averages do not keep the initial weights
+            decay = min(cfg.ema, (1 + step) / (10 + step))
             with torch.no_grad():
                 for e, p in zip(ema.parameters(), model.parameters()):
-                    e.lerp_(p, 1 - cfg.ema)
+                    e.lerp_(p, 1 - decay)
         step += 1
         window_samples += tokens.numel() * world
         if is_main and (step % cfg.log_every == 0 or step == cfg.max_steps):

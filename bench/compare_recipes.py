@@ -8,8 +8,8 @@ This is the Mamba paper's Table 5 question (which block in which stage?) asked a
 rather than equal steps. The recipes run one after another, each alone on the device, each for
 ``--minutes`` (``train.max_minutes``), after one untimed forward and backward pass of each model
 (so that kernel compilation and FFT planning are not charged to any recipe), into ``OUT_ROOT/<recipe name>``; a run already there is
-resumed, not restarted. Each row gives the steps reached, the training throughput, and the EMA
-weights' validation and test NLL in bits per sample over the full splits. Prints a Markdown table
+resumed, not restarted. Each row gives the steps reached and the validation and test NLL of the
+EMA weights and of the raw weights in bits per sample over the full splits. Prints a Markdown table
 and writes it as JSON to ``OUT_ROOT/compare.json``.
 """
 from __future__ import annotations
@@ -59,21 +59,23 @@ def main() -> None:
         ckpt = train(recipe, resume=True, progress=False)
         minutes = (time.time() - started) / 60
         device = pick_device(recipe.train.device)
-        model, _, config = load_model(ckpt, device)
         row = {"recipe": name, "blocks": f"outer {recipe.model.outer}, center {recipe.model.center}",
-               "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
                "steps": read_config(ckpt)["step"], "train_minutes": round(minutes, 2)}
-        for split in ("validation", "test"):
-            clips = load_split(recipe.data, split, progress=False)
-            row[f"{split}_bits"] = round(evaluate_nll(model, clips, 16, device, nullcontext()), 4)
+        for weights, prefer_ema in (("ema", True), ("raw", False)):
+            model, _, _ = load_model(ckpt, device, prefer_ema=prefer_ema)
+            row["params_M"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 3)
+            for split in ("validation", "test"):
+                clips = load_split(recipe.data, split, progress=False)
+                row[f"{split}_bits_{weights}"] = round(evaluate_nll(model, clips, 16, device, nullcontext()), 4)
         rows.append(row)
         print(json.dumps(row), flush=True)
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"\n{args.minutes} minutes per recipe on {device_name} (EMA weights, full splits)\n")
-    print("| recipe | params | steps | validation NLL (bits) | test NLL (bits) |")
+    print(f"\n{args.minutes} minutes per recipe on {device_name}; NLL in bits per sample over the full splits\n")
+    print("| recipe | params | steps | validation NLL, EMA / raw weights | test NLL, EMA / raw weights |")
     print("| --- | --- | --- | --- | --- |")
-    for row in rows:
-        print(f"| {row['recipe']} | {row['params_M']}M | {row['steps']} | {row['validation_bits']:.3f} | {row['test_bits']:.3f} |")
+    for r in rows:
+        print(f"| {r['recipe']} | {r['params_M']}M | {r['steps']} | {r['validation_bits_ema']:.3f} / "
+              f"{r['validation_bits_raw']:.3f} | {r['test_bits_ema']:.3f} / {r['test_bits_raw']:.3f} |")
     (out_root / "compare.json").write_text(json.dumps({"minutes": args.minutes, "device": device_name, "rows": rows}, indent=2))
 
 
