@@ -18,6 +18,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from audiomamba.pretrained import CLASSIFIER_WORDS, WORDS_16K
+
 
 def _split_overrides(extra: list[str]) -> list[str]:
     bad = [a for a in extra if "=" not in a or "." not in a.split("=", 1)[0]]
@@ -192,7 +194,8 @@ def cmd_classifier_train(args, extra) -> None:
 
         keep = torch.randperm(len(train_audio), generator=torch.Generator().manual_seed(0))[:args.limit]
         train_audio, train_labels = train_audio[keep], train_labels[keep]
-    cfg = ClassifierConfig(sample_rate=data.sample_rate, clip_samples=data.clip_samples, labels=labels, width=args.width)
+    cfg = ClassifierConfig(sample_rate=data.sample_rate, clip_samples=data.clip_samples, labels=labels, width=args.width,
+                           freq_masks=args.spec_masks, time_masks=args.spec_masks)
     model, log = train_classifier(cfg, train_audio, train_labels, val_audio, val_labels, epochs=args.epochs,
                                   batch_size=args.batch_size, lr=args.lr, device=device, progress=not args.quiet)
     result = {"validation_accuracy": accuracy(model, val_audio, val_labels),
@@ -224,6 +227,9 @@ def cmd_eval(args, extra) -> None:
     from audiomamba.train import pick_device
 
     model, meta = load_classifier(args.classifier, pick_device(args.device))
+    args.data = args.data or meta.get("data")
+    if not args.data:
+        raise SystemExit(f"{args.classifier} does not say which data it was trained on: give --data")
     args.dataset = args.dataset or meta.get("dataset", "speech_commands")
     args.split_salt = meta.get("split_salt", "") if args.split_salt is None else args.split_salt
     args.sample_rate, args.seconds = model.cfg.sample_rate, model.cfg.clip_samples / model.cfg.sample_rate
@@ -243,13 +249,16 @@ def cmd_demo(args, extra) -> None:
     from audiomamba.train import pick_device
     from audiomamba.webdemo import build_demo, load_models
 
+    if args.classifier is None and Path(args.checkpoint) == WORDS_16K:
+        args.classifier = str(CLASSIFIER_WORDS)
     models = load_models(args.checkpoint, args.classifier, pick_device(args.device))
     build_demo(models).launch(server_name=args.host, server_port=args.port, show_error=True)
 
 
 def _add_data_arguments(p, from_classifier: bool) -> None:
     """--data and its layout options; for ``eval`` the layout defaults come from the classifier."""
-    p.add_argument("--data", required=True, help="dataset root (Speech Commands layout or FSDD)")
+    p.add_argument("--data", required=not from_classifier,
+                   help="dataset root (Speech Commands layout or FSDD)" + (", default: the classifier's" if from_classifier else ""))
     p.add_argument("--dataset", choices=["speech_commands", "fsdd"], default=None if from_classifier else "speech_commands")
     p.add_argument("--words", nargs="+", help="speech_commands: word folders (default: all)")
     p.add_argument("--split-salt", default=None if from_classifier else "",
@@ -267,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     p = verbs.add_parser("sample", help="generate clips from a checkpoint")
-    p.add_argument("checkpoint", help="a checkpoint directory or a run directory (its latest checkpoint)")
+    p.add_argument("checkpoint", nargs="?", default=str(WORDS_16K),
+                   help="a checkpoint directory or a run directory (its latest checkpoint); default: the shipped words model")
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=16)
@@ -282,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_sample)
 
     p = verbs.add_parser("nll", help="negative log-likelihood in bits per sample")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", nargs="?", default=str(WORDS_16K), help="default: the shipped words model")
     p.add_argument("--data", help="dataset root (default: the one the model was trained on)")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--wavs", nargs="+", help="score these WAV files instead of a split")
@@ -317,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--width", type=int, default=32, help="channels of the first stage (x2 per stage)")
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument("--lr", type=float, default=3e-3)
+    q.add_argument("--spec-masks", type=int, default=2, help="SpecAugment: frequency bands and time spans masked per clip")
     q.add_argument("--limit", type=int, help="use N random training clips")
     q.add_argument("--packed", help="read <split>.safetensors made by `audiomamba data pack` instead of WAVs")
     q.add_argument("--out", required=True)
@@ -331,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("eval", help="FID, IS, mIS, AM, NDB of a folder of clips")
     p.add_argument("--samples", required=True, help="folder of WAVs (samples.json there enables thresholds)")
-    p.add_argument("--classifier", required=True)
+    p.add_argument("--classifier", default=str(CLASSIFIER_WORDS), help="default: the shipped words classifier")
     _add_data_arguments(p, from_classifier=True)
     p.add_argument("--ndb-bins", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -340,8 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_eval)
 
     p = verbs.add_parser("demo", help="the Gradio web demo (needs the 'demo' extra)")
-    p.add_argument("--checkpoint", required=True, help="generator checkpoint or run directory")
-    p.add_argument("--classifier", help="classifier directory, to label each clip")
+    p.add_argument("--checkpoint", default=str(WORDS_16K), help="generator checkpoint or run directory "
+                   "(default: the shipped words model)")
+    p.add_argument("--classifier", help="classifier directory, to label each clip (default: the shipped words "
+                   "classifier, with the shipped model)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--device", default="auto")

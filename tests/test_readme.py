@@ -4,6 +4,8 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 
@@ -31,18 +33,48 @@ def test_every_verb_the_readme_shows_is_exercised_by_a_test():
 
 
 @pytest.mark.slow
-def test_main_command_trains_and_writes_clips(tmp_path):
-    """The quick-start command, verbatim after its set-up steps, in a fresh copy of the project."""
+def test_main_command_serves_the_demo_on_the_shipped_model():
+    """The first command, verbatim after its set-up steps: the demo answers on its default port
+    and makes a clip with the shipped model and classifier."""
+    pytest.importorskip("gradio")
+    from gradio_client import Client
+
+    steps = [s.strip() for s in bash_blocks()[0].strip().split("&&")]
+    assert steps == ["python3 -m venv .venv", '.venv/bin/pip install -e ".[demo]"', ".venv/bin/audiomamba demo"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "audiomamba", *steps[2].split()[1:]], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = "http://127.0.0.1:7860/"
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                assert time.time() < deadline, "the demo did not answer within 3 minutes"
+                time.sleep(1)
+        result = Client(url, verbose=False).predict(1, 0, 1.0, 1.0, 0.1, "yes", None, api_name="/generate")
+        assert result[0].startswith("Done: 1 clip(s)")
+        assert "bits per sample" in result[3] and "Classifier hears" in result[3]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_train_your_own_command_trains_and_writes_clips(tmp_path):
+    """The tiny CPU training command, verbatim after its set-up steps, in a fresh copy of the project."""
     if not SHARED_DATA.is_dir():
         pytest.skip("no ../shared/data")
     project = tmp_path / "project"
     project.mkdir()
     shutil.copytree(REPO / "recipes", project / "recipes")
     (tmp_path / "shared").symlink_to(SHARED_DATA.parent)
-    main_command = bash_blocks()[0].strip()
-    steps = [s.strip() for s in main_command.split("&&")]
-    assert steps[:2] == ["python3 -m venv .venv", ".venv/bin/pip install -e ."]
-    for step in steps[2:]:
+    steps = [s.strip() for s in bash_blocks()[2].strip().split("&&")]
+    assert steps[0].startswith(".venv/bin/audiomamba train ")
+    for step in steps:
         assert step.startswith(".venv/bin/audiomamba ")
         args = step.split()[1:]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
