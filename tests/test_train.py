@@ -104,3 +104,17 @@ def test_max_minutes_stops_cleanly_with_a_checkpoint(tiny_recipe, tmp_path):
     ckpt = train(load_recipe(tiny_recipe, ["train.max_minutes=0.0001", "train.max_steps=1000"]), progress=False)
     step = json.loads((ckpt / "config.json").read_text())["step"]
     assert 1 <= step < 1000
+
+
+def test_ema_decay_ramps_up_so_one_step_keeps_a_tenth_of_the_initial_weights(tiny_recipe, tmp_path):
+    """After step 0 the EMA is 0.1 * initial + 0.9 * trained, not 0.999 * initial (decay ramp)."""
+    from audiomamba.models.lm import WaveformLM
+
+    recipe = load_recipe(tiny_recipe, ["train.max_steps=1", "train.ema=0.999"])
+    ckpt = resolve_checkpoint(train(recipe, progress=False))
+    torch.manual_seed(recipe.train.seed)  # train() builds its model right after this seeding and the data load
+    initial = WaveformLM(recipe.model).state_dict()
+    trained, ema = load_file(str(ckpt / "model.safetensors")), load_file(str(ckpt / "ema.safetensors"))
+    for name, value in trained.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(ema[name], 0.1 * initial[name] + 0.9 * value, rtol=1e-5, atol=1e-6)
