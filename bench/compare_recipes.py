@@ -1,14 +1,14 @@
 """Train several recipes for the same wall-clock minutes on this device, then compare their NLL.
 
     PYTHONPATH=.:kernels python bench/compare_recipes.py recipes/words_16k.yaml \
-        recipes/words_16k_sashimi.yaml recipes/words_16k_mixed.yaml --minutes 2.5 \
+        recipes/words_16k_sashimi.yaml recipes/words_16k_mixed.yaml --minutes 2.0 \
         --set data.packed_dir=packed/words_16k train.max_steps=8000 --out-root runs/compare
 
 This is the Mamba paper's Table 5 question (which block in which stage?) asked at equal GPU-minutes
 rather than equal steps. The recipes run one after another, each alone on the device, each for
 ``--minutes`` (``train.max_minutes``), after one untimed forward and backward pass of each model
-(so that kernel compilation and FFT planning are not charged to any recipe), into ``OUT_ROOT/<recipe name>``; a run already there is
-resumed, not restarted. Each row gives the steps reached and the validation and test NLL of the
+(so that kernel compilation and FFT planning are not charged to any recipe), into
+``OUT_ROOT/<recipe name>``; a run already there is resumed, not restarted. Each row gives the steps reached and the validation and test NLL of the
 EMA weights and of the raw weights in bits per sample over the full splits. Prints a Markdown table
 and writes it as JSON to ``OUT_ROOT/compare.json``.
 """
@@ -61,11 +61,11 @@ def main() -> None:
         device = pick_device(recipe.train.device)
         row = {"recipe": name, "blocks": f"outer {recipe.model.outer}, center {recipe.model.center}",
                "steps": read_config(ckpt)["step"], "train_minutes": round(minutes, 2)}
+        splits = {split: load_split(recipe.data, split, progress=False) for split in ("validation", "test")}
         for weights, prefer_ema in (("ema", True), ("raw", False)):
             model, _, _ = load_model(ckpt, device, prefer_ema=prefer_ema)
             row["params_M"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 3)
-            for split in ("validation", "test"):
-                clips = load_split(recipe.data, split, progress=False)
+            for split, clips in splits.items():
                 row[f"{split}_bits_{weights}"] = round(evaluate_nll(model, clips, 16, device, nullcontext()), 4)
         rows.append(row)
         print(json.dumps(row), flush=True)
