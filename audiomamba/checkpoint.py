@@ -124,13 +124,22 @@ def load_model(path: str | Path, device="cpu", prefer_ema: bool = True):
     config = json.loads((ckpt / "config.json").read_text())
     recipe = Recipe.from_dict(config["recipe"])
     model = WaveformLM(recipe.model)
+    load_weights(model, ckpt, prefer_ema, described_by=ckpt / "config.json")
+    return model.to(device).eval(), recipe, config
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, prefer_ema: bool = True, described_by: str | Path = "") -> Path:
+    """Load a checkpoint's weights (its EMA weights when present and preferred) into ``model``,
+    strictly: a key or shape mismatch is an error naming the weights and ``described_by`` (the
+    config the model was built from). Returns the weights file."""
+    ckpt = resolve_checkpoint(path)
     weights_file = ckpt / "ema.safetensors" if prefer_ema and (ckpt / "ema.safetensors").is_file() else ckpt / "model.safetensors"
     weights = load_file(str(weights_file))
     try:
-        model.load_state_dict(weights, strict=True)
+        model.load_state_dict(weights, strict=True)  # copies cast bf16 weights to the model's dtype
     except RuntimeError as err:
-        raise ValueError(f"weights {weights_file} do not match the model in {ckpt / 'config.json'}: {err}") from err
-    return model.to(device).eval(), recipe, config
+        raise ValueError(f"weights {weights_file} do not match the model in {described_by}: {err}") from err
+    return weights_file
 
 
 def load_train_state(ckpt: Path, *, model, optimizer, scheduler=None, ema=None, device="cpu") -> int:

@@ -37,6 +37,15 @@ def cmd_train(args, extra) -> None:
     print(f"checkpoint: {ckpt}")
 
 
+def _label_indices(labels: str | None, names: list[str], n_classes: int) -> list[int | None]:
+    """--label's value: one label, several separated by commas, or "all" (every label)."""
+    if labels == "all":
+        if not n_classes:
+            raise SystemExit("audiomamba: this model is unconditional; drop --label")
+        return list(range(n_classes))
+    return [_label_index(label, names, n_classes) for label in (labels or "any").split(",")]
+
+
 def _label_index(label: str | None, names: list[str], n_classes: int) -> int | None:
     if label is None or label == "any":
         return None
@@ -77,9 +86,10 @@ def cmd_sample(args, extra) -> None:
         prefix = mulaw_encode(read_clip(args.prefix, rate))
         length = max(length, len(prefix))
     torch.manual_seed(args.seed)
-    gen = generate(model, args.n, length, batch_size=args.batch_size, temperature=args.temperature,
-                   top_p=args.top_p, seed=args.seed, label=_label_index(args.label, names, recipe.model.n_classes),
-                   prefix=prefix, sample_rate=rate, progress=not args.quiet)
+    labels = [index for index in _label_indices(args.label, names, recipe.model.n_classes) for _ in range(args.n)]
+    gen = generate(model, len(labels), length, batch_size=args.batch_size, temperature=args.temperature,
+                   top_p=args.top_p, seed=args.seed, label=labels, guidance=args.guidance, prefix=prefix,
+                   sample_rate=rate, progress=not args.quiet)
     records = write_samples(gen, args.out, rate, names)
     print(f"wrote {len(records)} clips to {args.out} (samples.json has their log-likelihoods)")
 
@@ -195,9 +205,10 @@ def cmd_classifier_train(args, extra) -> None:
         keep = torch.randperm(len(train_audio), generator=torch.Generator().manual_seed(0))[:args.limit]
         train_audio, train_labels = train_audio[keep], train_labels[keep]
     cfg = ClassifierConfig(sample_rate=data.sample_rate, clip_samples=data.clip_samples, labels=labels, width=args.width,
-                           freq_masks=args.spec_masks, time_masks=args.spec_masks)
+                           n_mels=args.n_mels, freq_masks=args.spec_masks, time_masks=args.spec_masks)
     model, log = train_classifier(cfg, train_audio, train_labels, val_audio, val_labels, epochs=args.epochs,
-                                  batch_size=args.batch_size, lr=args.lr, device=device, progress=not args.quiet)
+                                  batch_size=args.batch_size, lr=args.lr, device=device, seed=args.seed,
+                                  progress=not args.quiet)
     result = {"validation_accuracy": accuracy(model, val_audio, val_labels),
               "test_accuracy": accuracy(model, test_audio, test_labels),
               "train_clips": len(train_audio), "data": data.root, "dataset": data.dataset,
@@ -278,13 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("sample", help="generate clips from a checkpoint")
     p.add_argument("checkpoint", nargs="?", default=str(WORDS_16K),
                    help="a checkpoint directory or a run directory (its latest checkpoint); default: the shipped words model")
-    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--n", type=int, default=8, help="clips (per label, when --label names several)")
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--label", help="word/digit to say (conditional models); 'any' = unconditional")
+    p.add_argument("--label", help="word/digit to say (conditional models), several as yes,no,up, or 'all'; "
+                                   "--n clips each; 'any' = unconditional")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance weight with --label (1 = none; larger = more like the word)")
     p.add_argument("--prefix", help="a WAV to continue")
     p.add_argument("--out", default="samples")
     p.add_argument("--device", default="auto")
@@ -325,9 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seconds", type=float, default=1.0, help="clip length")
     q.add_argument("--epochs", type=int, default=30)
     q.add_argument("--width", type=int, default=32, help="channels of the first stage (x2 per stage)")
+    q.add_argument("--n-mels", type=int, default=40, help="mel bands of the log-mel input")
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument("--lr", type=float, default=3e-3)
     q.add_argument("--spec-masks", type=int, default=2, help="SpecAugment: frequency bands and time spans masked per clip")
+    q.add_argument("--seed", type=int, default=0)
     q.add_argument("--limit", type=int, help="use N random training clips")
     q.add_argument("--packed", help="read <split>.safetensors made by `audiomamba data pack` instead of WAVs")
     q.add_argument("--out", required=True)

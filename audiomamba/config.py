@@ -83,6 +83,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
     ema: float = 0.0  # 0 disables; else the EMA decay of the weights (e.g. 0.999)
+    init_from: str | None = None  # a checkpoint whose weights (EMA if kept) start a new run; --resume wins
     label_dropout: float = 0.1  # conditional models: share of labels replaced by "no label"
     bf16: bool = True  # autocast on CUDA; CPU always runs fp32
     seed: int = 0

@@ -1,8 +1,13 @@
 """Autoregressive generation with the model's O(1)-per-sample recurrence, batched.
 
 Each clip's log-likelihood is accumulated under the model's own distribution (temperature 1, no
-top-p), in bits, over every sample of the clip (a given prefix included), so it equals what
-``audiomamba nll`` computes for the same audio.
+top-p, no guidance), in bits, over every sample of the clip (a given prefix included), so it equals
+what ``audiomamba nll`` computes for the same audio.
+
+Classifier-free guidance (Ho & Salimans 2022) for a class-conditional model trained with label
+dropout: each step runs the batch twice, with the label and with "no label", and samples from
+``uncond + w * (cond - uncond)`` in logit space. w = 1 is plain conditional sampling; w > 1
+trades diversity for clips that sound more like the requested word.
 """
 from __future__ import annotations
 
@@ -129,12 +134,14 @@ def check_memory(model: WaveformLM, n: int, length: int, batch_size: int, device
 
 @torch.no_grad()
 def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, temperature: float = 1.0,
-             top_p: float = 1.0, seed: int = 0, label: int | None = None, prefix: torch.Tensor | None = None,
-             sample_rate: int = 16000, progress: bool = False, should_stop=None, cuda_graphs: bool = True,
+             top_p: float = 1.0, seed: int = 0, label: int | None | list[int | None] = None, guidance: float = 1.0,
+             prefix: torch.Tensor | None = None, sample_rate: int = 16000, progress: bool = False, should_stop=None, cuda_graphs: bool = True,
              on_progress=None) -> Generation:
     """Generate ``n`` clips of ``length`` samples.
 
-    label: class index for a conditional model (None = unconditional / "no label").
+    label: class index for a conditional model (None = unconditional / "no label"), for every
+    clip, or a list of n of them, one per clip.
+    guidance: classifier-free guidance weight w (needs a label; 1 = none, see the module docstring).
     prefix: (P,) tokens that every clip starts with (teacher-forced, returned unchanged).
     sample_rate: only for the real-time factor the progress bar shows.
     cuda_graphs: on CUDA, replay each step from captured graphs (see GraphedStep).
@@ -146,9 +153,15 @@ def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, te
     device = next(model.parameters()).device
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+    clip_labels = list(label) if isinstance(label, (list, tuple)) else [label] * n
+    if len(clip_labels) != n:
+        raise ValueError(f"{len(clip_labels)} labels for {n} clips")
+    guided = guidance != 1.0
+    if guided and None in clip_labels:
+        raise ValueError("classifier-free guidance needs a label for every clip (and a class-conditional model)")
     if prefix is not None and len(prefix) > length:
         raise ValueError(f"the prefix ({len(prefix)} samples) is longer than the clip ({length})")
-    check_memory(model, n, length, min(batch_size, n), device)
+    check_memory(model, n, length, min(batch_size, n) * (2 if guided else 1), device)
     if prefix is not None:
         prefix = prefix.to(device).long()  # once, not a host-to-device copy per sample
     model.eval()
@@ -167,29 +180,44 @@ def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, te
         batch_seed = seed + batch_index
         seeds += [batch_seed] * rows
         generator = torch.Generator(device).manual_seed(batch_seed)
-        labels = None if label is None else torch.full((rows,), label, dtype=torch.long, device=device)
+        labels = None
+        if any(c is not None for c in clip_labels[start:start + rows]):
+            labels = torch.tensor([model.cfg.n_classes if c is None else c for c in clip_labels[start:start + rows]],
+                                  dtype=torch.long, device=device)
+        if guided:  # the same clips twice: conditioned, then with "no label"
+            labels = torch.cat([labels, torch.full_like(labels, model.cfg.n_classes)])
         model.check_labels(labels)
-        state = model.initial_state(rows, device)
+        model_rows = len(labels) if guided else rows
+        state = model.initial_state(model_rows, device)
         if cuda_graphs and device.type == "cuda":
-            step = GraphedStep(model, state, labels, rows, device)
+            model_step = GraphedStep(model, state, labels, model_rows, device)
         else:
-            def step(prev, state=state):
+            def model_step(prev, state=state, labels=labels):
                 return model.step(prev, state, labels)[0]
+
+        def step(prev):
+            """prev (rows,) -> (logits to sample from, the model's conditional logits), (rows, 256) each."""
+            if not guided:
+                logits = model_step(prev).float()
+                return logits, logits
+            cond, uncond = model_step(torch.cat([prev, prev])).float().chunk(2)
+            return uncond + guidance * (cond - uncond), cond
         prev = torch.full((rows,), SILENCE, dtype=torch.long, device=device)
         alive = torch.ones(rows, dtype=torch.bool, device=device)
         failed_at = torch.full((rows,), -1, dtype=torch.long, device=device)
         batch_tokens = torch.full((rows, length), SILENCE, dtype=torch.uint8, device=device)
         batch_loglik = torch.zeros(rows, dtype=torch.float64, device=device)
         for t in range(length):  # no host synchronisation inside this loop
-            logits = step(prev).float()
-            finite = torch.isfinite(logits).all(-1)
+            sampling_logits, logits = step(prev)
+            finite = torch.isfinite(sampling_logits).all(-1) & torch.isfinite(logits).all(-1)
             failed_at = torch.where(alive & ~finite, t, failed_at)
             alive = alive & finite
             logits = torch.where(alive[:, None], logits, torch.zeros_like(logits))
+            sampling_logits = torch.where(alive[:, None], sampling_logits, torch.zeros_like(sampling_logits))
             if prefix is not None and t < len(prefix):
                 nxt = prefix[t].expand(rows)
             else:
-                nxt = sample_next(logits, temperature, top_p, generator)
+                nxt = sample_next(sampling_logits, temperature, top_p, generator)
             nxt = torch.where(alive, nxt, torch.full_like(nxt, SILENCE))
             logp = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]
             batch_loglik += torch.where(alive, logp.double(), 0.0)
@@ -216,7 +244,7 @@ def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, te
     if bar is not None:
         bar.close()
     return Generation(tokens[:n, :made], loglik[:n].float(),
-                      [label] * n, seeds[:n], {k: v for k, v in problems.items() if k < n})
+                      clip_labels[:n], seeds[:n], {k: v for k, v in problems.items() if k < n})
 
 
 def write_samples(gen: Generation, out_dir: str | Path, sample_rate: int, label_names: list[str] | None = None) -> list[dict]:

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from audiomamba.checkpoint import load_train_state, resolve_checkpoint, save_checkpoint
+from audiomamba.checkpoint import load_train_state, load_weights, resolve_checkpoint, save_checkpoint
 from audiomamba.config import Recipe, TrainConfig
 from audiomamba.data.clipset import ClipSet, load_split
 from audiomamba.models.lm import WaveformLM
@@ -155,8 +155,15 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True) -> Path:
         step = load_train_state(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, device=device)
         if is_main:
             print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
-    elif is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        if cfg.init_from:  # fine-tuning: new optimizer, schedule and step count; EMA starts from these weights
+            source = load_weights(model, cfg.init_from, described_by=f"this run's recipe ({run_dir})")
+            if ema is not None:
+                ema.load_state_dict(model.state_dict())
+            if is_main:
+                print(f"initialised from {source}", file=sys.stderr)
+        if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
     if is_main:
         (run_dir / "recipe.json").write_text(recipe.to_json())
         print(recipe.to_json(), file=sys.stderr)

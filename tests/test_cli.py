@@ -52,6 +52,16 @@ def test_sample_writes_wavs_and_likelihoods_that_nll_reproduces(trained, tmp_pat
     assert abs(nll - first["bits_per_sample"]) < 1e-3
 
 
+def test_sample_label_all_makes_n_guided_clips_of_every_label(trained, tmp_path):
+    out = tmp_path / "all"
+    run("sample", trained, "--n", 2, "--seconds", 0.01, "--label", "all", "--guidance", 2, "--out", out, "--quiet")
+    labels = [record["label"] for record in json.loads((out / "samples.json").read_text())["samples"]]
+    assert sorted(labels) == sorted(list(range(10)) * 2)
+    run("sample", trained, "--n", 1, "--seconds", 0.01, "--label", "3,7", "--out", tmp_path / "two", "--quiet")
+    labels = [record["label"] for record in json.loads((tmp_path / "two" / "samples.json").read_text())["samples"]]
+    assert sorted(labels) == [3, 7]
+
+
 def test_sample_continues_a_prefix_wav(trained, tmp_path):
     from tests.conftest import write_tone
 

@@ -118,3 +118,22 @@ def test_ema_decay_ramps_up_so_one_step_keeps_a_tenth_of_the_initial_weights(tin
     for name, value in trained.items():
         if value.is_floating_point():
             torch.testing.assert_close(ema[name], 0.1 * initial[name] + 0.9 * value, rtol=1e-5, atol=1e-6)
+
+
+def test_init_from_starts_a_new_run_at_step_0_from_a_checkpoints_ema_weights(tiny_recipe, tmp_path):
+    first = train(load_recipe(tiny_recipe, ["train.max_steps=3", "train.ema=0.9"]), progress=False)
+    source = load_file(str(first / "ema.safetensors"))
+    second = load_recipe(tiny_recipe, ["train.max_steps=1", "train.lr=0", "train.warmup_steps=1",
+                                       f"train.init_from={first}", f"train.out_dir={tmp_path / 'tuned'}"])
+    tuned = train(second, progress=False)
+    assert json.loads((tuned / "config.json").read_text())["step"] == 1
+    for name, value in load_file(str(tuned / "model.safetensors")).items():  # lr 0: the weights are the source's
+        torch.testing.assert_close(value, source[name])
+
+
+def test_init_from_a_checkpoint_of_another_architecture_names_both(tiny_recipe, tmp_path):
+    first = train(load_recipe(tiny_recipe, ["train.max_steps=1"]), progress=False)
+    other = load_recipe(tiny_recipe, ["train.max_steps=1", "model.d_model=24", f"train.init_from={first}",
+                                      f"train.out_dir={tmp_path / 'other'}"])
+    with pytest.raises(ValueError, match=f"(?s){first}.*other"):
+        train(other, progress=False)

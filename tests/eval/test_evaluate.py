@@ -16,7 +16,7 @@ def fsdd_classifier(tmp_path_factory):
         pytest.skip("no ../shared/data")
     out = tmp_path_factory.mktemp("clf")
     main(["classifier", "train", "--data", str(SHARED_DATA / "fsdd"), "--dataset", "fsdd", "--epochs", "10",
-          "--batch-size", "32", "--limit", "400", "--spec-masks", "0", "--out", str(out), "--quiet", "--device", "cpu"])
+          "--batch-size", "32", "--limit", "400", "--spec-masks", "0", "--n-mels", "32", "--out", str(out), "--quiet", "--device", "cpu"])
     return out
 
 
@@ -24,6 +24,7 @@ def test_classifier_trained_briefly_on_cpu_beats_chance_by_a_wide_margin(fsdd_cl
     meta = json.loads((fsdd_classifier / "classifier.json").read_text())
     assert meta["test_accuracy"] > 0.3  # chance is 0.1 for ten digits
     assert meta["config"]["sample_rate"] == 8000 and meta["config"]["labels"] == [str(d) for d in range(10)]
+    assert meta["config"]["n_mels"] == 32
 
 
 def test_classifier_predict_prints_label_and_confidence(fsdd_classifier, shared_data, capsys):
