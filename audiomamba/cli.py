@@ -184,7 +184,7 @@ def _classifier_data(args):
     rate = args.sample_rate or (8000 if args.dataset == "fsdd" else 16000)
     return DataConfig(dataset=args.dataset, root=args.data, words=args.words, sample_rate=rate,
                       clip_samples=round(rate * args.seconds), split_salt=args.split_salt,
-                      packed_dir=getattr(args, "packed", None))
+                      packed_dir=args.packed)
 
 
 def cmd_classifier_train(args, extra) -> None:
@@ -274,6 +274,7 @@ def _add_data_arguments(p, from_classifier: bool) -> None:
     p.add_argument("--words", nargs="+", help="speech_commands: word folders (default: all)")
     p.add_argument("--split-salt", default=None if from_classifier else "",
                    help="re-split speakers with a salted hash (see README, Data)")
+    p.add_argument("--packed", help="read <split>.safetensors made by `audiomamba data pack` instead of WAVs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,7 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--spec-masks", type=int, default=2, help="SpecAugment: frequency bands and time spans masked per clip")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--limit", type=int, help="use N random training clips")
-    q.add_argument("--packed", help="read <split>.safetensors made by `audiomamba data pack` instead of WAVs")
     q.add_argument("--out", required=True)
     q.add_argument("--device", default="auto")
     q.add_argument("--quiet", action="store_true")
