@@ -107,17 +107,21 @@ def _prefix_tokens(path: str | None, sample_rate: int) -> torch.Tensor | None:
     return mulaw_encode(audio)
 
 
-def run_generation(models: DemoModels, n, seed, temperature, top_p, seconds, label, prefix_path, out_dir: Path):
+def run_generation(models: DemoModels, n, seed, temperature, top_p, seconds, label, prefix_path, guidance,
+                   out_dir: Path):
     """Generator of (status, per-clip outputs or None): progress while sampling, then the clips."""
     n = int(_number(n, "Number of clips", 1, MAX_CLIPS))
     seed = int(_number(seed, "Seed", 0, 2**31 - 1))
     temperature = _number(temperature, "Temperature", 0.0, 2.0)
     top_p = _number(top_p, "Top-p", 0.01, 1.0)
     seconds = _number(seconds, "Length", 0.05, MAX_SECONDS)
+    guidance = _number(guidance, "Guidance", 1.0, 5.0)
     rate = models.sample_rate
     prefix = _prefix_tokens(prefix_path, rate)
     length = max(round(seconds * rate), len(prefix) if prefix is not None else 0)
     label_index = None if label in (None, "", "any") else models.label_names.index(label)
+    if label_index is None:
+        guidance = 1.0  # guidance steers towards a word; without one there is nothing to steer to
     models.stop.clear()
     progress = {"done": 0, "total": n * length, "seconds": 0.0}
     result: dict = {}
@@ -125,7 +129,7 @@ def run_generation(models: DemoModels, n, seed, temperature, top_p, seconds, lab
     def work():
         try:
             result["gen"] = generate(models.model, n, length, batch_size=n, temperature=temperature, top_p=top_p,
-                                     seed=seed, label=label_index, prefix=prefix, sample_rate=rate,
+                                     seed=seed, label=label_index, guidance=guidance, prefix=prefix, sample_rate=rate,
                                      should_stop=models.stop.is_set,
                                      on_progress=lambda done, total, secs: progress.update(done=done, seconds=secs))
         except Exception as err:  # reported on the page, not as a traceback
@@ -189,6 +193,8 @@ def build_demo(models: DemoModels, out_dir: str | Path | None = None):
                 top_p = gr.Slider(0.01, 1.0, value=1.0, step=0.01, label="Top-p")
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 prefix = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Prefix to continue (optional)")
+                guidance = gr.Slider(1.0, 5.0, value=2.0, step=0.5,
+                                     label="Guidance (with a word; 1 = none, more = clearer word, less variety)")
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary")
                     stop = gr.Button("Stop")
@@ -206,8 +212,9 @@ def build_demo(models: DemoModels, out_dir: str | Path | None = None):
 
         outputs = [status] + [c for slot in slots for c in slot]
 
-        def on_generate(n, seed, temperature, top_p, seconds, label, prefix):
-            for message, clips in run_generation(models, n, seed, temperature, top_p, seconds, label, prefix, out_dir):
+        def on_generate(n, seed, temperature, top_p, seconds, label, prefix, guidance):
+            for message, clips in run_generation(models, n, seed, temperature, top_p, seconds, label, prefix, guidance,
+                                                 out_dir):
                 if clips is None:
                     yield [message] + [gr.skip()] * (4 * MAX_CLIPS)
                     continue
@@ -224,7 +231,7 @@ def build_demo(models: DemoModels, out_dir: str | Path | None = None):
             models.stop.set()
             return "Stopping: keeping what was made so far."
 
-        go.click(on_generate, [n, seed, temperature, top_p, seconds, label, prefix], outputs, api_name="generate")
+        go.click(on_generate, [n, seed, temperature, top_p, seconds, label, prefix, guidance], outputs, api_name="generate")
         stop.click(on_stop, None, status, api_name="stop", queue=False)
     demo.queue(default_concurrency_limit=1, max_size=16)
     return demo

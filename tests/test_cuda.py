@@ -31,11 +31,12 @@ def test_cuda_stepping_matches_the_parallel_forward_in_fp32():
     assert ((torch.stack(got, 1) - want).norm() / want.norm()).item() < 1e-4
 
 
-def test_cuda_graph_sampling_reproduces_eager_sampling():
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_cuda_graph_sampling_reproduces_eager_sampling(guidance):
     m = model()
     prefix = torch.randint(0, 256, (9,), dtype=torch.uint8)
-    graphed = generate(m, 5, 70, batch_size=5, seed=3, label=1, prefix=prefix, cuda_graphs=True)
-    eager = generate(m, 5, 70, batch_size=5, seed=3, label=1, prefix=prefix, cuda_graphs=False)
+    graphed = generate(m, 5, 70, batch_size=5, seed=3, label=1, guidance=guidance, prefix=prefix, cuda_graphs=True)
+    eager = generate(m, 5, 70, batch_size=5, seed=3, label=1, guidance=guidance, prefix=prefix, cuda_graphs=False)
     assert torch.equal(graphed.tokens, eager.tokens)
     torch.testing.assert_close(graphed.loglik_bits, eager.loglik_bits, rtol=1e-5, atol=1e-3)
 

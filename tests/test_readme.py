@@ -55,7 +55,7 @@ def test_main_command_serves_the_demo_on_the_shipped_model():
                 assert server.poll() is None, server.stdout.read()
                 assert time.time() < deadline, "the demo did not answer within 3 minutes"
                 time.sleep(1)
-        result = Client(url, verbose=False).predict(1, 0, 1.0, 1.0, 0.1, "yes", None, api_name="/generate")
+        result = Client(url, verbose=False).predict(1, 0, 1.0, 1.0, 0.1, "yes", None, 2.0, api_name="/generate")
         assert result[0].startswith("Done: 1 clip(s)")
         assert "bits per sample" in result[3] and "Classifier hears" in result[3]
     finally:

@@ -43,7 +43,7 @@ def server(tmp_path_factory):
 def test_generate_returns_16_bit_wavs_of_the_asked_length_with_metadata(server):
     import soundfile
 
-    result = Client(server, verbose=False).predict(2, 3, 1.0, 1.0, 0.1, "yes", None, api_name="/generate")
+    result = Client(server, verbose=False).predict(2, 3, 1.0, 1.0, 0.1, "yes", None, 2.0, api_name="/generate")
     status, slots = result[0], result[1:]
     assert status.startswith("Done: 2 clip(s)")
     wav, png, info = slots[0], slots[1], slots[2]  # per clip: audio, spectrogram, text (groups are layout)
@@ -60,7 +60,7 @@ def test_a_prefix_is_continued_and_odd_rates_and_stereo_are_converted(server, tm
     write_tone(path, 300, 44100, 0.05, channels=2)
     import soundfile
 
-    result = Client(server, verbose=False).predict(1, 0, 1.0, 1.0, 0.1, "any", handle_file(str(path)),
+    result = Client(server, verbose=False).predict(1, 0, 1.0, 1.0, 0.1, "any", handle_file(str(path)), 1.0,
                                                    api_name="/generate")
     audio, rate = soundfile.read(result[1])
     assert rate == 8000 and len(audio) == 800
@@ -69,8 +69,8 @@ def test_a_prefix_is_continued_and_odd_rates_and_stereo_are_converted(server, tm
 def test_out_of_range_controls_are_refused_with_a_message_or_clamped(server):
     client = Client(server, verbose=False)
     with pytest.raises(Exception, match="greater than maximum value 8"):  # sliders: Gradio refuses
-        client.predict(50, 0, 1.0, 1.0, 0.1, "no", None, api_name="/generate")
-    result = client.predict(1, -4, 1.0, 1.0, 0.1, "no", None, api_name="/generate")  # seed: clamped to 0
+        client.predict(50, 0, 1.0, 1.0, 0.1, "no", None, 1.0, api_name="/generate")
+    result = client.predict(1, -4, 1.0, 1.0, 0.1, "no", None, 1.0, api_name="/generate")  # seed: clamped to 0
     assert result[0].startswith("Done: 1 clip(s)")
 
 
@@ -79,14 +79,14 @@ def test_bad_uploads_give_a_clear_message(server, tmp_path, content, message):
     path = tmp_path / "upload.wav"
     path.write_bytes(content)
     with pytest.raises(Exception, match=message):
-        Client(server, verbose=False).predict(1, 0, 1.0, 1.0, 0.1, "any", handle_file(str(path)), api_name="/generate")
+        Client(server, verbose=False).predict(1, 0, 1.0, 1.0, 0.1, "any", handle_file(str(path)), 1.0, api_name="/generate")
 
 
 def test_a_prefix_over_a_minute_is_refused(server, tmp_path):
     path = tmp_path / "long.wav"
     write_tone(path, 200, 8000, 61)
     with pytest.raises(Exception, match="at most 60 s"):
-        Client(server, verbose=False).predict(1, 0, 1.0, 1.0, 0.1, "any", handle_file(str(path)), api_name="/generate")
+        Client(server, verbose=False).predict(1, 0, 1.0, 1.0, 0.1, "any", handle_file(str(path)), 1.0, api_name="/generate")
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (.ci/run installs it)")
@@ -114,7 +114,7 @@ def test_stop_ends_generation_early_and_keeps_what_was_made(server):
     import time
 
     client = Client(server, verbose=False)
-    job = client.submit(8, 0, 1.0, 1.0, 4.0, "any", None, api_name="/generate")  # 8 clips x 4 s: long
+    job = client.submit(8, 0, 1.0, 1.0, 4.0, "any", None, 1.0, api_name="/generate")  # 8 clips x 4 s: long
     time.sleep(3)
     client.predict(api_name="/stop")
     result = job.result(timeout=120)
