@@ -18,7 +18,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from audiomamba.pretrained import CLASSIFIER_WORDS, WORDS_16K
+from audiomamba.pretrained import CLASSIFIER_WORDS, WORDS_16K, classifier_for
 
 
 def _split_overrides(extra: list[str]) -> list[str]:
@@ -260,8 +260,8 @@ def cmd_demo(args, extra) -> None:
     from audiomamba.train import pick_device
     from audiomamba.webdemo import build_demo, load_models
 
-    if args.classifier is None and Path(args.checkpoint) == WORDS_16K:
-        args.classifier = str(CLASSIFIER_WORDS)
+    if args.classifier is None and classifier_for(args.checkpoint):
+        args.classifier = str(classifier_for(args.checkpoint))
     models = load_models(args.checkpoint, args.classifier, pick_device(args.device))
     build_demo(models).launch(server_name=args.host, server_port=args.port, show_error=True)
 
@@ -368,9 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("demo", help="the Gradio web demo (needs the 'demo' extra)")
     p.add_argument("--checkpoint", default=str(WORDS_16K), help="generator checkpoint or run directory "
-                   "(default: the shipped words model)")
-    p.add_argument("--classifier", help="classifier directory, to label each clip (default: the shipped words "
-                   "classifier, with the shipped model)")
+                   "(default: the shipped words model; audiomamba/pretrained/fsdd_8k is the shipped digits model)")
+    p.add_argument("--classifier", help="classifier directory, to label each clip (default: a shipped model's "
+                   "own classifier)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--device", default="auto")

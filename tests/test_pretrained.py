@@ -9,36 +9,42 @@ from audiomamba.checkpoint import load_model
 from audiomamba.cli import build_parser
 from audiomamba.data.mulaw import mulaw_decode
 from audiomamba.eval.classifier import load_classifier, predict
-from audiomamba.pretrained import CLASSIFIER_WORDS, WORDS_16K
+from audiomamba.pretrained import CLASSIFIER_FSDD, CLASSIFIER_WORDS, FSDD_8K, WORDS_16K, classifier_for
 from audiomamba.sample import generate
 
 
+SHIPPED = [(WORDS_16K, CLASSIFIER_WORDS, "yes"), (FSDD_8K, CLASSIFIER_FSDD, "7")]
+
+
 def test_shipped_files_are_each_under_16_mb():
-    for path in [*WORDS_16K.iterdir(), *CLASSIFIER_WORDS.iterdir()]:
+    for path in [*WORDS_16K.iterdir(), *CLASSIFIER_WORDS.iterdir(), *FSDD_8K.iterdir(), *CLASSIFIER_FSDD.iterdir()]:
         assert path.stat().st_size < 16 * 2**20, path
 
 
-def test_shipped_generator_loads_strictly_and_a_mismatch_names_both_files(tmp_path):
-    model, recipe, config = load_model(WORDS_16K)
+@pytest.mark.parametrize("generator", [WORDS_16K, FSDD_8K])
+def test_shipped_generator_loads_strictly_and_a_mismatch_names_both_files(generator, tmp_path):
+    model, recipe, config = load_model(generator)
     assert recipe.model.n_classes == 10 and len(config["label_names"]) == 10
     assert all(p.dtype == torch.float32 for p in model.parameters())  # bf16 on disk, fp32 in memory
     broken = tmp_path / "broken"
-    shutil.copytree(WORDS_16K, broken)
+    shutil.copytree(generator, broken)
     config["recipe"]["model"]["d_model"] = 32
     (broken / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"(?s)model\.safetensors.*config\.json"):
         load_model(broken)
 
 
-def test_a_short_clip_from_the_shipped_model_is_finite_and_the_shipped_classifier_labels_it():
-    model, recipe, config = load_model(WORDS_16K)
-    classifier, meta = load_classifier(CLASSIFIER_WORDS)
+@pytest.mark.parametrize("generator, classifier_dir, word", SHIPPED)
+def test_a_short_clip_from_a_shipped_model_is_finite_and_its_shipped_classifier_labels_it(generator, classifier_dir, word):
+    model, recipe, config = load_model(generator)
+    classifier, meta = load_classifier(classifier_dir)
     assert meta["config"]["labels"] == config["label_names"]
-    result = generate(model, 2, 800, label=config["label_names"].index("yes"), seed=0)  # 50 ms of "yes"
+    assert meta["config"]["sample_rate"] == recipe.data.sample_rate and classifier_for(generator) == classifier_dir
+    result = generate(model, 2, 800, label=config["label_names"].index(word), guidance=2.0, seed=0)  # 800 samples
     audio = mulaw_decode(result.tokens)
     assert audio.shape == (2, 800) and torch.isfinite(audio).all() and not result.problems
     assert torch.isfinite(result.loglik_bits).all()
-    padded = torch.nn.functional.pad(audio.float(), (0, 16000 - 800))
+    padded = torch.nn.functional.pad(audio.float(), (0, meta["config"]["clip_samples"] - 800))
     probs, features = predict(classifier, padded)
     assert probs.shape == (2, 10) and torch.allclose(probs.sum(-1), torch.ones(2))
 
