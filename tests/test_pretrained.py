@@ -58,3 +58,24 @@ def test_sample_nll_and_demo_default_to_the_shipped_model(argv):
 def test_eval_defaults_to_the_shipped_classifier():
     args = build_parser().parse_args(["eval", "--samples", "somewhere"])
     assert args.classifier == str(CLASSIFIER_WORDS) and args.data is None
+
+
+def test_demo_on_the_shipped_digits_model_uses_the_shipped_digits_classifier(monkeypatch):
+    """`audiomamba demo --checkpoint audiomamba/pretrained/fsdd_8k`, as the README shows, up to launch."""
+    import audiomamba.webdemo as webdemo
+    from audiomamba.cli import main
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    built = {}
+
+    class Page:
+        def launch(self, **kwargs):
+            built["launch"] = kwargs
+
+    monkeypatch.setattr(webdemo, "build_demo", lambda models: built.setdefault("models", models) and Page())
+    main(["demo", "--checkpoint", "audiomamba/pretrained/fsdd_8k", "--device", "cpu"])
+    models = built["models"]
+    assert models.sample_rate == 8000 and models.label_names == [str(d) for d in range(10)]
+    assert models.classifier is not None and "classifier_fsdd" in models.about
+    assert built["launch"]["server_port"] == 7860
