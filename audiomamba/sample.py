@@ -135,8 +135,8 @@ def check_memory(model: WaveformLM, n: int, length: int, batch_size: int, device
 @torch.no_grad()
 def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, temperature: float = 1.0,
              top_p: float = 1.0, seed: int = 0, label: int | None | list[int | None] = None, guidance: float = 1.0,
-             prefix: torch.Tensor | None = None, sample_rate: int = 16000, progress: bool = False, should_stop=None, cuda_graphs: bool = True,
-             on_progress=None) -> Generation:
+             prefix: torch.Tensor | None = None, sample_rate: int = 16000, progress: bool = False,
+             should_stop=None, cuda_graphs: bool = True, on_progress=None) -> Generation:
     """Generate ``n`` clips of ``length`` samples.
 
     label: class index for a conditional model (None = unconditional / "no label"), for every
