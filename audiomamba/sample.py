@@ -209,11 +209,16 @@ def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, te
         batch_loglik = torch.zeros(rows, dtype=torch.float64, device=device)
         for t in range(length):  # no host synchronisation inside this loop
             sampling_logits, logits = step(prev)
-            finite = torch.isfinite(sampling_logits).all(-1) & torch.isfinite(logits).all(-1)
+            finite = torch.isfinite(logits).all(-1)
+            if guided:
+                finite &= torch.isfinite(sampling_logits).all(-1)
             failed_at = torch.where(alive & ~finite, t, failed_at)
             alive = alive & finite
             logits = torch.where(alive[:, None], logits, torch.zeros_like(logits))
-            sampling_logits = torch.where(alive[:, None], sampling_logits, torch.zeros_like(sampling_logits))
+            if guided:
+                sampling_logits = torch.where(alive[:, None], sampling_logits, torch.zeros_like(sampling_logits))
+            else:
+                sampling_logits = logits
             if prefix is not None and t < len(prefix):
                 nxt = prefix[t].expand(rows)
             else:
