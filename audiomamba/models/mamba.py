@@ -17,7 +17,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from audiomamba.ops import triton_kernels
 from audiomamba.ops.selective_scan import selective_scan, selective_state_update
 
 
@@ -64,18 +63,7 @@ class MambaBlock(nn.Module):
                 torch.zeros(batch, E, N, device=device))
 
     def step(self, u: torch.Tensor, state):
-        """u: (batch, H) -> (batch, H); the state tensors are updated in place and returned.
-
-        On CUDA in fp32 the whole step is one fused Triton kernel (``audiomamba_kernels.mamba_step``);
-        otherwise, and as the kernel's test oracle, :meth:`step_reference`.
-        """
-        fused = triton_kernels.load("mamba_step") if u.is_cuda and u.dtype == torch.float32 else None
-        if fused is None:
-            return self.step_reference(u, state)
-        return fused.mamba_step(self, u, *state), state
-
-    def step_reference(self, u: torch.Tensor, state):
-        """The step in PyTorch operations; arguments and results as :meth:`step`."""
+        """u: (batch, H) -> (batch, H); the state tensors are updated in place and returned."""
         conv_buf, ssm_state = state
         x, z = self.in_proj(u).chunk(2, dim=-1)
         conv_buf.copy_(torch.roll(conv_buf, -1, dims=-1))
