@@ -205,14 +205,15 @@ def cmd_classifier_train(args, extra) -> None:
         keep = torch.randperm(len(train_audio), generator=torch.Generator().manual_seed(0))[:args.limit]
         train_audio, train_labels = train_audio[keep], train_labels[keep]
     cfg = ClassifierConfig(sample_rate=data.sample_rate, clip_samples=data.clip_samples, labels=labels, width=args.width,
-                           n_mels=args.n_mels, freq_masks=args.spec_masks, time_masks=args.spec_masks)
+                           n_mels=args.n_mels, freq_masks=args.spec_masks, time_masks=args.spec_masks,
+                           utterance_norm=args.utterance_norm)
     model, log = train_classifier(cfg, train_audio, train_labels, val_audio, val_labels, epochs=args.epochs,
-                                  batch_size=args.batch_size, lr=args.lr, device=device, seed=args.seed,
+                                  batch_size=args.batch_size, lr=args.lr, mixup=args.mixup, device=device, seed=args.seed,
                                   progress=not args.quiet)
     result = {"validation_accuracy": accuracy(model, val_audio, val_labels),
               "test_accuracy": accuracy(model, test_audio, test_labels),
               "train_clips": len(train_audio), "data": data.root, "dataset": data.dataset,
-              "split_salt": data.split_salt, "epochs": args.epochs}
+              "split_salt": data.split_salt, "epochs": args.epochs, "mixup": args.mixup}
     save_classifier(model, args.out, {**result, "log": log})
     print(json.dumps(result))
 
@@ -344,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument("--lr", type=float, default=3e-3)
     q.add_argument("--spec-masks", type=int, default=2, help="SpecAugment: frequency bands and time spans masked per clip")
+    q.add_argument("--utterance-norm", action="store_true",
+                   help="subtract each clip's mean log-mel per band (cepstral mean normalisation)")
+    q.add_argument("--mixup", type=float, default=0.0, help="mixup Beta parameter (0: off; 0.2 is usual)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--limit", type=int, help="use N random training clips")
     q.add_argument("--out", required=True)

@@ -37,10 +37,11 @@ class Generation:
     problems: dict[int, str] = field(default_factory=dict)  # clip index -> why it stopped early
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, uniform: torch.Tensor) -> torch.Tensor:
     """Draw one token per row of logits (batch, 256) with temperature and nucleus (top-p) sampling.
 
-    Gumbel-max (argmax of logits/T plus Gumbel noise) draws from the softmax without a host sync.
+    uniform: (batch, 256) noise in [0, 1). Gumbel-max (argmax of logits/T plus Gumbel noise) draws
+    from the softmax without a host sync, so a whole sampling step can live in a CUDA graph.
     """
     if temperature <= 0:
         return logits.argmax(-1)
@@ -50,45 +51,103 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
         scaled = scaled.masked_fill(torch.zeros_like(outside).scatter(-1, order, outside), float("-inf"))
-    uniform = torch.rand(scaled.shape, generator=generator, device=scaled.device).clamp_(min=1e-20)
-    return (scaled - torch.log(-torch.log(uniform))).argmax(-1)
+    return (scaled - torch.log(-torch.log(uniform.clamp(min=1e-20)))).argmax(-1)
 
 
-class GraphedStep:
-    """``model.step`` replayed from CUDA graphs, one per position t mod stride.
+class SampleLoop:
+    """One batch of clips being generated: the model's recurrent state and every per-clip tensor
+    (previous token, tokens so far, log-likelihoods, liveness), all updated in place.
 
-    The U-Net's control flow in a step depends only on t mod prod(pool), and every state tensor
-    is updated in place, so ``stride`` captured graphs replay generation exactly while removing
-    the Python and launch overhead of hundreds of small kernels per sample.
+    ``step(residue)`` makes one sample for every clip with no host synchronisation. The U-Net's
+    control flow depends only on t mod stride, so on CUDA ``capture()`` records ``stride`` graphs,
+    one per residue, and ``step`` replays them: one launch per sample instead of hundreds of
+    kernels and the Python that issues them. Sampling noise for ``stride`` samples is drawn ahead
+    (``draw_noise``), so the graphs need no random number generator of their own.
     """
 
-    def __init__(self, model: WaveformLM, state: dict, labels: torch.Tensor | None, batch: int, device):
+    def __init__(self, model: WaveformLM, labels: torch.Tensor | None, rows: int, length: int, *,
+                 temperature: float, top_p: float, guidance: float, prefix: torch.Tensor | None,
+                 generator: torch.Generator, device):
+        self.model, self.labels, self.generator = model, labels, generator
+        self.temperature, self.top_p, self.guidance = temperature, top_p, guidance
+        self.guided = guidance != 1.0
         self.stride = model.backbone.stride
-        self.prev = torch.full((batch,), SILENCE, dtype=torch.long, device=device)
+        self.state = model.initial_state(2 * rows if self.guided else rows, device)
+        self.prefix = prefix
+        self.model_input = torch.full((2 * rows if self.guided else rows,), SILENCE, dtype=torch.long, device=device)
+        self.noise = torch.empty(self.stride, rows, 256, device=device)
+        self.tokens = torch.empty(rows, length, dtype=torch.uint8, device=device)
+        self.loglik = torch.empty(rows, dtype=torch.float64, device=device)
+        self.alive = torch.empty(rows, dtype=torch.bool, device=device)
+        self.failed_at = torch.empty(rows, dtype=torch.long, device=device)
+        self.t = torch.empty(1, dtype=torch.long, device=device)  # the sample being made, on the device
+        self.graphs = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the start of the clips (zero state, nothing generated)."""
+        _zero_state(self.state)
+        self.model_input.fill_(SILENCE)
+        self.tokens.fill_(SILENCE)
+        self.loglik.zero_()
+        self.alive.fill_(True)
+        self.failed_at.fill_(-1)
+        self.t.zero_()
+
+    def draw_noise(self) -> None:
+        """Fresh uniform noise for the next ``stride`` samples."""
+        self.noise.uniform_(generator=self.generator)
+
+    def capture(self) -> None:
+        """Record one CUDA graph per residue (after a warm-up that allocates and autotunes)."""
+        device = self.noise.device
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up (allocations, autotuning) outside the graphs
-            for _ in range(self.stride):
-                model.step(self.prev, state, labels)
+        with torch.cuda.stream(side):
+            for residue in range(self.stride):
+                self._sample(residue)
         torch.cuda.current_stream(device).wait_stream(side)
         pool = torch.cuda.graph_pool_handle()
-        self.graphs, self.logits = [], []
-        state["t"] = 0
-        for _ in range(self.stride):
+        self.state["t"] = 0
+        self.graphs = []
+        for residue in range(self.stride):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                logits, _ = model.step(self.prev, state, labels)
+                self._sample(residue)
             self.graphs.append(graph)
-            self.logits.append(logits)
-        _zero_state(state)  # warm-up and capture bookkeeping must not leak into the clip
-        self.t = 0
+        self.reset()  # warm-up and capture bookkeeping must not leak into the clips
 
-    def __call__(self, prev: torch.Tensor) -> torch.Tensor:
-        self.prev.copy_(prev)
-        residue = self.t % self.stride
-        self.graphs[residue].replay()
+    def step(self, residue: int) -> None:
+        """Make sample t for every clip, where t = residue (mod stride) is the next sample."""
+        if self.graphs is None:
+            self._sample(residue)
+        else:
+            self.graphs[residue].replay()
+            self.state["t"] += 1
+
+    def _sample(self, residue: int) -> None:
+        logits = self.model.step(self.model_input, self.state, self.labels)[0].float()
+        if self.guided:  # rows conditioned, then the same rows with "no label"
+            logits, uncond = logits.chunk(2)
+            sampling = uncond + self.guidance * (logits - uncond)
+            finite = torch.isfinite(logits).all(-1) & torch.isfinite(sampling).all(-1)
+        else:
+            sampling = logits
+            finite = torch.isfinite(logits).all(-1)
+        self.failed_at.copy_(torch.where(self.alive & ~finite, self.t, self.failed_at))
+        self.alive &= finite
+        logits = torch.where(self.alive[:, None], logits, 0.0)
+        sampling = torch.where(self.alive[:, None], sampling, 0.0) if self.guided else logits
+        nxt = sample_next(sampling, self.temperature, self.top_p, self.noise[residue])
+        if self.prefix is not None:  # teacher-force the prefix while t < its length
+            forced = self.prefix[self.t.clamp(max=len(self.prefix) - 1)].expand_as(nxt)
+            nxt = torch.where(self.t < len(self.prefix), forced, nxt)
+        nxt = torch.where(self.alive, nxt, SILENCE)
+        logp = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]
+        self.loglik += torch.where(self.alive, logp.double(), 0.0)
+        self.tokens.index_copy_(1, self.t, nxt.to(torch.uint8)[:, None])
+        self.model_input.copy_(torch.cat([nxt, nxt]) if self.guided else nxt)
         self.t += 1
-        return self.logits[residue]
 
 
 def _zero_state(state) -> None:
@@ -121,7 +180,8 @@ def state_bytes(model: WaveformLM, batch: int) -> int:
 
 def check_memory(model: WaveformLM, n: int, length: int, batch_size: int, device: torch.device) -> None:
     """Refuse, with a clear message, a request that would not fit in the device's free memory."""
-    need = n * length * 5 + state_bytes(model, batch_size) * 3 + batch_size * 256 * 4 * 8
+    noise = model.backbone.stride * batch_size * 256 * 4
+    need = n * length * 5 + state_bytes(model, batch_size) * 3 + batch_size * 256 * 4 * 8 + noise
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
     else:
@@ -144,7 +204,7 @@ def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, te
     guidance: classifier-free guidance weight w (needs a label; 1 = none, see the module docstring).
     prefix: (P,) tokens that every clip starts with (teacher-forced, returned unchanged).
     sample_rate: only for the real-time factor the progress bar shows.
-    cuda_graphs: on CUDA, replay each step from captured graphs (see GraphedStep).
+    cuda_graphs: on CUDA, replay each step from captured graphs (see SampleLoop).
     on_progress: optional callable(samples generated, samples in total, seconds so far), called
     every 256 samples.
     should_stop: optional callable; when it returns True generation ends early, and the clips
@@ -163,7 +223,7 @@ def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, te
         raise ValueError(f"the prefix ({len(prefix)} samples) is longer than the clip ({length})")
     check_memory(model, n, length, min(batch_size, n) * (2 if guided else 1), device)
     if prefix is not None:
-        prefix = prefix.to(device).long()  # once, not a host-to-device copy per sample
+        prefix = prefix.to(device).long() if len(prefix) else None  # once, not a copy per sample
     model.eval()
     tokens = torch.empty(n, length, dtype=torch.uint8)
     loglik = torch.zeros(n, dtype=torch.float64)
@@ -187,47 +247,14 @@ def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, te
         if guided:  # the same clips twice: conditioned, then with "no label"
             labels = torch.cat([labels, torch.full_like(labels, model.cfg.n_classes)])
         model.check_labels(labels)
-        model_rows = len(labels) if guided else rows
-        state = model.initial_state(model_rows, device)
+        loop = SampleLoop(model, labels, rows, length, temperature=temperature, top_p=top_p, guidance=guidance,
+                          prefix=prefix, generator=generator, device=device)
         if cuda_graphs and device.type == "cuda":
-            model_step = GraphedStep(model, state, labels, model_rows, device)
-        else:
-            def model_step(prev, state=state, labels=labels):
-                return model.step(prev, state, labels)[0]
-
-        def step(prev):
-            """prev (rows,) -> (logits to sample from, the model's conditional logits), (rows, 256) each."""
-            if not guided:
-                logits = model_step(prev).float()
-                return logits, logits
-            cond, uncond = model_step(torch.cat([prev, prev])).float().chunk(2)
-            return uncond + guidance * (cond - uncond), cond
-        prev = torch.full((rows,), SILENCE, dtype=torch.long, device=device)
-        alive = torch.ones(rows, dtype=torch.bool, device=device)
-        failed_at = torch.full((rows,), -1, dtype=torch.long, device=device)
-        batch_tokens = torch.full((rows, length), SILENCE, dtype=torch.uint8, device=device)
-        batch_loglik = torch.zeros(rows, dtype=torch.float64, device=device)
+            loop.capture()
         for t in range(length):  # no host synchronisation inside this loop
-            sampling_logits, logits = step(prev)
-            finite = torch.isfinite(logits).all(-1)
-            if guided:
-                finite &= torch.isfinite(sampling_logits).all(-1)
-            failed_at = torch.where(alive & ~finite, t, failed_at)
-            alive = alive & finite
-            logits = torch.where(alive[:, None], logits, torch.zeros_like(logits))
-            if guided:
-                sampling_logits = torch.where(alive[:, None], sampling_logits, torch.zeros_like(sampling_logits))
-            else:
-                sampling_logits = logits
-            if prefix is not None and t < len(prefix):
-                nxt = prefix[t].expand(rows)
-            else:
-                nxt = sample_next(sampling_logits, temperature, top_p, generator)
-            nxt = torch.where(alive, nxt, torch.full_like(nxt, SILENCE))
-            logp = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]
-            batch_loglik += torch.where(alive, logp.double(), 0.0)
-            batch_tokens[:, t] = nxt.to(torch.uint8)
-            prev = nxt
+            if t % loop.stride == 0:
+                loop.draw_noise()
+            loop.step(t % loop.stride)
             if t % 256 == 255 or t == length - 1:
                 if bar is not None:
                     bar.update(rows * (t % 256 + 1))
@@ -237,12 +264,12 @@ def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, te
             if should_stop is not None and should_stop():
                 made = min(made, t + 1)
                 break
-        for r, t in enumerate(failed_at.tolist()):
+        for r, t in enumerate(loop.failed_at.tolist()):
             if t >= 0:
                 problems[start + r] = f"non-finite logits at sample {t}; the rest of the clip is silence"
                 print(f"audiomamba: clip {start + r}: {problems[start + r]}", file=sys.stderr)
-        tokens[start:start + rows] = batch_tokens.cpu()
-        loglik[start:start + rows] = (batch_loglik / math.log(2)).cpu()
+        tokens[start:start + rows] = loop.tokens.cpu()
+        loglik[start:start + rows] = (loop.loglik / math.log(2)).cpu()
         if made < length:
             n = start + rows
             break

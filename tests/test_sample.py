@@ -46,9 +46,9 @@ def test_loglik_equals_the_parallel_nll_of_the_same_tokens(model):
 def test_top_p_keeps_only_the_nucleus_and_zero_temperature_is_greedy():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     gen = torch.Generator().manual_seed(0)
-    draws = {sample_next(logits, 1.0, 0.7, gen).item() for _ in range(300)}
+    draws = {sample_next(logits, 1.0, 0.7, torch.rand(1, 4, generator=gen)).item() for _ in range(300)}
     assert draws == {0, 1}
-    assert sample_next(logits, 0.0, 1.0, gen).item() == 0
+    assert sample_next(logits, 0.0, 1.0, torch.rand(1, 4, generator=gen)).item() == 0
 
 
 def test_non_finite_logits_stop_only_that_clip(model, monkeypatch, capsys):

@@ -31,6 +31,7 @@ class ClassifierConfig:
     cardinality: int = 8  # groups of the ResNeXt 3x3 convolutions
     freq_masks: int = 2  # SpecAugment while training: bands of up to 1/8 of the mels zeroed
     time_masks: int = 2  # and spans of up to 10 frames (100 ms)
+    utterance_norm: bool = False  # subtract each clip's mean log-mel per band (cepstral mean normalisation)
 
 
 class LogMel(nn.Module):
@@ -82,7 +83,10 @@ class SpeechClassifier(nn.Module):
         self.head = nn.Linear(4 * w, len(cfg.labels))
 
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.norm(self.features_in(audio))
+        x = self.features_in(audio)
+        if self.cfg.utterance_norm:  # removes a clip's fixed spectral tilt: its microphone, room, voice
+            x = x - x.mean(dim=-1, keepdim=True)
+        x = self.norm(x)
         if self.training:
             x = spec_augment(x, self.cfg.freq_masks, max(1, self.cfg.n_mels // 8), self.cfg.time_masks, 10)
         x = self.stages(self.stem(x))
@@ -150,9 +154,12 @@ def accuracy(model: SpeechClassifier, audio: torch.Tensor, labels: torch.Tensor)
 
 def train_classifier(cfg: ClassifierConfig, train_audio: torch.Tensor, train_labels: torch.Tensor,
                      val_audio: torch.Tensor, val_labels: torch.Tensor, *, epochs: int = 30, batch_size: int = 64,
-                     lr: float = 3e-3, device="cpu", seed: int = 0, progress: bool = True) -> tuple[SpeechClassifier, list[dict]]:
+                     lr: float = 3e-3, mixup: float = 0.0, device="cpu", seed: int = 0,
+                     progress: bool = True) -> tuple[SpeechClassifier, list[dict]]:
     """Train with augmentation, AdamW and a one-cycle schedule. Keeps the weights of the epoch with
-    the best validation accuracy. Returns (model, per-epoch log)."""
+    the best validation accuracy. ``mixup`` > 0 mixes each batch with a shuffled copy of itself,
+    waveforms and targets, with a Beta(mixup, mixup) weight (Zhang et al. 2018). Returns (model,
+    per-epoch log)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = SpeechClassifier(cfg).to(device)
@@ -171,7 +178,15 @@ def train_classifier(cfg: ClassifierConfig, train_audio: torch.Tensor, train_lab
         for k in range(steps_per_epoch):
             index = order[k * batch_size:(k + 1) * batch_size]
             audio = augment(train_audio[index].to(device), cfg.sample_rate, generator)
-            loss = F.cross_entropy(model(audio)[0], train_labels[index].to(device), label_smoothing=0.05)
+            targets = train_labels[index].to(device)
+            if mixup > 0:
+                weight = float(torch.distributions.Beta(mixup, mixup).sample())
+                partner = torch.randperm(len(index), generator=generator).to(device)
+                logits = model(weight * audio + (1 - weight) * audio[partner])[0]
+                loss = (weight * F.cross_entropy(logits, targets, label_smoothing=0.05)
+                        + (1 - weight) * F.cross_entropy(logits, targets[partner], label_smoothing=0.05))
+            else:
+                loss = F.cross_entropy(model(audio)[0], targets, label_smoothing=0.05)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from audiomamba.eval.classifier import (ClassifierConfig, SpeechClassifier, augment, load_classifier,
-                                        save_classifier, spec_augment)
+from audiomamba.eval.classifier import (ClassifierConfig, SpeechClassifier, accuracy, augment, load_classifier,
+                                        save_classifier, spec_augment, train_classifier)
 
 
 def test_classifier_maps_waveforms_to_logits_and_features_at_8_and_16_khz():
@@ -41,6 +41,26 @@ def test_spec_augment_applies_in_training_only():
     first = model(audio)[1]
     torch.manual_seed(1)
     assert not torch.allclose(first, model(audio)[1])
+
+
+def test_utterance_norm_makes_the_classifier_deaf_to_a_clip_s_loudness():
+    audio = torch.randn(2, 8000) * 0.1
+    for utterance_norm in (True, False):
+        model = SpeechClassifier(ClassifierConfig(sample_rate=8000, clip_samples=8000, labels=["x", "y"], width=16,
+                                                  utterance_norm=utterance_norm)).eval()
+        quiet, loud = model(audio)[1], model(audio * 4)[1]
+        assert torch.allclose(quiet, loud, atol=1e-4) == utterance_norm
+
+
+def test_training_with_mixup_still_separates_easy_classes():
+    """Three tones, each its own class: mixed batches must not stop the classifier from learning them."""
+    time = torch.arange(2000) / 8000
+    audio = torch.stack([0.3 * torch.sin(2 * torch.pi * f * time) for f in (300, 900, 2400) for _ in range(16)])
+    labels = torch.arange(3).repeat_interleave(16)
+    cfg = ClassifierConfig(sample_rate=8000, clip_samples=2000, labels=["a", "b", "c"], width=16, n_mels=16)
+    model, log = train_classifier(cfg, audio, labels, audio, labels, epochs=20, batch_size=16, mixup=0.4,
+                                  progress=False)
+    assert accuracy(model, audio, labels) == 1.0 and len(log) == 20
 
 
 def test_save_and_load_round_trip_strictly(tmp_path):
