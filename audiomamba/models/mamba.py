@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from audiomamba.models.step_cache import cached_for_steps
 from audiomamba.ops.selective_scan import selective_scan, selective_state_update
 
 
@@ -39,6 +40,7 @@ class MambaBlock(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))
         self.D = nn.Parameter(torch.ones(E))
         self.out_proj = nn.Linear(E, d_model, bias=False)
+        self._step_cache = None  # A = -exp(A_log) while generating: see cached_for_steps
 
     def _ssm_inputs(self, x: torch.Tensor):
         """x (..., E) -> dt_low (..., R), B (..., N), C (..., N)."""
@@ -71,6 +73,7 @@ class MambaBlock(nn.Module):
         x = F.silu((conv_buf * self.conv.weight[:, 0]).sum(-1) + self.conv.bias).to(u.dtype)
         dt_low, B, C = self._ssm_inputs(x)
         delta = F.linear(dt_low, self.dt_proj.weight)
-        y = selective_state_update(ssm_state, x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(),
+        A = cached_for_steps(self, (self.A_log,), lambda: -torch.exp(self.A_log.float()))
+        y = selective_state_update(ssm_state, x, delta, A, B, C, self.D.float(),
                                    z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         return self.out_proj(y), state

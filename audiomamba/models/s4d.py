@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from audiomamba.models.step_cache import cached_for_steps
+
 
 class S4DBlock(nn.Module):
     """(batch, length, H) -> (batch, length, H): S4D per channel, GELU, then Linear(H, 2H) + GLU."""
@@ -32,7 +34,7 @@ class S4DBlock(nn.Module):
         self.C = nn.Parameter(torch.randn(H, M, 2) * math.sqrt(0.5))  # complex as (real, imag)
         self.D = nn.Parameter(torch.randn(H))
         self.out_proj = nn.Linear(H, 2 * H)
-        self._step_cache: tuple | None = None  # (parameter versions, (dA, C*dB)) for generation
+        self._step_cache = None  # (dA, C*dB) while generating: see cached_for_steps
 
     def _discretize(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(dA, C*dB, dt*A), each (H, N/2) complex64, computed in fp32."""
@@ -66,19 +68,10 @@ class S4DBlock(nn.Module):
         """The SSM state, (batch, H, N/2) complex64 zeros."""
         return torch.zeros(batch, *self.C.shape[:2], dtype=torch.complex64, device=device)
 
-    def _step_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(dA, C*dB), cached while no parameter changes (their in-place version counters say)."""
-        if torch.is_grad_enabled():
-            return self._discretize()[:2]
-        params = (self.log_dt, self.log_neg_A_real, self.A_imag, self.C)
-        key = tuple((p._version, p.data_ptr()) for p in params)
-        if self._step_cache is None or self._step_cache[0] != key:
-            self._step_cache = (key, self._discretize()[:2])
-        return self._step_cache[1]
-
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (batch, H) -> y: (batch, H); state (batch, H, N/2) is updated in place and returned."""
-        dA, CdB = self._step_matrices()
+        dA, CdB = cached_for_steps(self, (self.log_dt, self.log_neg_A_real, self.A_imag, self.C),
+                                   lambda: self._discretize()[:2])
         u = x.float()
         state.mul_(dA).add_(u[:, :, None].to(state.dtype))
         y = 2 * torch.einsum("hn,bhn->bh", CdB, state).real + self.D.float() * u

@@ -50,16 +50,23 @@ def test_mamba_initialises_delta_within_its_range():
     torch.testing.assert_close(-torch.exp(block.A_log[0]), -torch.arange(1.0, 5.0))  # S4D-Real
 
 
-def test_s4d_step_cache_follows_parameter_updates():
-    block = make_block("s4d", 6, CFG).eval()
+@pytest.mark.parametrize("kind, param", [("s4d", "log_dt"), ("mamba", "A_log")])
+def test_step_caches_follow_parameter_updates(kind, param):
+    block = make_block(kind, 6, CFG).eval()
     x = torch.randn(2, 6)
+
+    def two_steps():  # the second step sees the decay of the first one's state
+        state = block.initial_state(2)
+        block.step(x, state)
+        return block.step(x, state)[0]
+
     with torch.no_grad():
-        before, _ = block.step(x, block.initial_state(2))
-        block.block.log_dt.add_(0.5)  # an optimizer-style in-place update
-        after, _ = block.step(x, block.initial_state(2))
-        want, _ = block.step(x, block.initial_state(2))
+        before = two_steps()
+        getattr(block.block, param).add_(0.5)  # an optimizer-style in-place update
+        after = two_steps()
+        want = two_steps()
     with torch.enable_grad():
-        fresh, _ = block.step(x, block.initial_state(2))  # grad mode never uses the cache
+        fresh = two_steps()  # grad mode never uses the cache
     torch.testing.assert_close(after, fresh)
     torch.testing.assert_close(after, want)
     assert (after - before).abs().max() > 1e-6
