@@ -62,7 +62,7 @@ def test_step_caches_follow_parameter_updates(kind, param):
 
     with torch.no_grad():
         before = two_steps()
-        getattr(block.block, param).add_(0.5)  # an optimizer-style in-place update
+        getattr(block.block, param).add_(2.0)  # an in-place update, as an optimizer makes
         after = two_steps()
         want = two_steps()
     with torch.enable_grad():
