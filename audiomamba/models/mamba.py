@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from audiomamba.models.step_cache import cached_for_steps
+from audiomamba.ops.causal_conv import causal_conv_step
 from audiomamba.ops.selective_scan import selective_scan, selective_state_update
 
 
@@ -68,9 +69,7 @@ class MambaBlock(nn.Module):
         """u: (batch, H) -> (batch, H); the state tensors are updated in place and returned."""
         conv_buf, ssm_state = state
         x, z = self.in_proj(u).chunk(2, dim=-1)
-        conv_buf.copy_(torch.roll(conv_buf, -1, dims=-1))
-        conv_buf[:, :, -1] = x
-        x = F.silu((conv_buf * self.conv.weight[:, 0]).sum(-1) + self.conv.bias).to(u.dtype)
+        x = causal_conv_step(conv_buf, x, self.conv.weight[:, 0], self.conv.bias).to(u.dtype)
         dt_low, B, C = self._ssm_inputs(x)
         delta = F.linear(dt_low, self.dt_proj.weight)
         A = cached_for_steps(self, (self.A_log,), lambda: -torch.exp(self.A_log.float()))

@@ -9,35 +9,11 @@ when they are importable, and to the pure-PyTorch references here otherwise (CPU
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
 import torch.nn.functional as F
 
+from audiomamba.ops import triton_kernels
 from audiomamba.ops.linear_scan import linear_scan
-
-_kernels = None  # the audiomamba_kernels module once imported; False when unavailable
-_notice_given = False
-
-
-def _fast_kernels():
-    """The Triton kernel module, or None (with a one-line notice the first time it is missing)."""
-    global _kernels, _notice_given
-    if os.environ.get("AUDIOMAMBA_SCAN", "").lower() == "reference":
-        return None
-    if _kernels is None:
-        try:
-            import audiomamba_kernels.selective_scan as module  # imports triton
-
-            _kernels = module
-        except Exception as err:  # ImportError, or triton failing to find a GPU toolchain
-            _kernels = False
-            if not _notice_given:
-                print(f"audiomamba: Triton scan kernels unavailable ({err}); using the PyTorch reference",
-                      file=sys.stderr)
-                _notice_given = True
-    return _kernels or None
 
 
 def _prepare_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
@@ -74,7 +50,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                    return_last_state=False, initial_state=None):
     """The selective scan: Triton kernels on CUDA when available, else the reference. Shapes as
     in :func:`selective_scan_ref`."""
-    kernels = _fast_kernels() if u.is_cuda else None
+    kernels = triton_kernels.load("selective_scan") if u.is_cuda else None
     fn = kernels.selective_scan if kernels else selective_scan_ref
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
 
@@ -94,6 +70,6 @@ def selective_state_update_ref(state, x, delta, A, B, C, D=None, z=None, delta_b
 
 def selective_state_update(state, x, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """One recurrent step (kernel on CUDA when available); see :func:`selective_state_update_ref`."""
-    kernels = _fast_kernels() if x.is_cuda else None
+    kernels = triton_kernels.load("selective_scan") if x.is_cuda else None
     fn = kernels.selective_state_update if kernels else selective_state_update_ref
     return fn(state, x, delta, A, B, C, D, z, delta_bias, delta_softplus)
