@@ -74,7 +74,7 @@ class SampleLoop:
         self.stride = model.backbone.stride
         self.state = model.initial_state(2 * rows if self.guided else rows, device)
         self.prefix = prefix
-        self.model_input = torch.full((2 * rows if self.guided else rows,), SILENCE, dtype=torch.long, device=device)
+        self.model_input = torch.empty(2 * rows if self.guided else rows, dtype=torch.long, device=device)
         self.noise = torch.empty(self.stride, rows, 256, device=device)
         self.tokens = torch.empty(rows, length, dtype=torch.uint8, device=device)
         self.loglik = torch.empty(rows, dtype=torch.float64, device=device)
@@ -99,7 +99,8 @@ class SampleLoop:
         self.noise.uniform_(generator=self.generator)
 
     def capture(self) -> None:
-        """Record one CUDA graph per residue (after a warm-up that allocates and autotunes)."""
+        """Record one CUDA graph per residue, after a warm-up that allocates and autotunes. What the
+        warm-up makes (from noise not yet drawn) is discarded by ``reset``."""
         device = self.noise.device
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
