@@ -18,8 +18,9 @@ The backward pass has the same structure, run backwards in time for the adjoint
 lambda[t] = C[t] dy[t] + a[t+1] lambda[t+1]. It never stores the (batch, d, n, L) states. The
 gradient through the decay uses lambda[t] * (h[t] - b[t]), which equals lambda[t] * a[t] * h[t-1]
 with no division. A program loads its B and C tiles (n x T) once and reuses them for every
-channel of its block. It accumulates dB and dC over those channels before one atomic add per
-block. State and accumulation are fp32 whatever the input dtype.
+channel of its block. It accumulates dB and dC over those channels and writes one partial sum per
+block (dA: one per program); torch adds the partial sums up afterwards. With no atomics the
+gradients are deterministic. State and accumulation are fp32 whatever the input dtype.
 """
 from __future__ import annotations
 
@@ -200,7 +201,8 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                 gdt = gdt * tl.sigmoid(raw)
             tl.store(gdelta_ptr + row + t, gdt, mask=mask)
             tl.store(gu_ptr + row + t, gu, mask=mask)
-            tl.atomic_add(gA_ptr + d * N + n, tl.sum(g_decay * dt[None, :], axis=1), mask=n_ok & d_ok)
+            tl.store(gA_ptr + ((b * n_chunks + c) * n_ch + d) * N + n, tl.sum(g_decay * dt[None, :], axis=1),
+                     mask=n_ok & d_ok)
             gB_acc += lam * (dt * u)[None, :]
             gC_acc += tl.where(d_ok, h * gy[None, :], 0.0)
         else:
@@ -209,8 +211,9 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             handed = tl.sum(tl.exp(A[:, None] * cum[None, :]) * C_tile * gy[None, :], axis=1)
             tl.store(first_ptr + state_offsets, handed, mask=n_ok & d_ok)
     if GRADS:
-        tl.atomic_add(gB_ptr + bc_offsets, gB_acc, mask=tile_ok)
-        tl.atomic_add(gC_ptr + bc_offsets, gC_acc, mask=tile_ok)
+        block_offset = blk * tl.num_programs(1) * N * L  # this channel block's slice of the partial sums
+        tl.store(gB_ptr + block_offset + bc_offsets, gB_acc, mask=tile_ok)
+        tl.store(gC_ptr + block_offset + bc_offsets, gC_acc, mask=tile_ok)
 
 
 def _prepare(u, delta, A, B, C, D, z, delta_bias):
@@ -256,10 +259,11 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     gu = torch.empty(u.shape, **f32)
     gdelta = torch.empty(u.shape, **f32)
     gz = torch.empty(u.shape, **f32) if z is not None else None
-    gA = torch.zeros(A.shape, **f32)
-    gB = torch.zeros(B.shape, **f32)
-    gC = torch.zeros(C.shape, **f32)
     grid = (m["n_chunks"], m["batch"], triton.cdiv(m["n_ch"], BLOCK_D))
+    # Partial sums, one per program (gA) or per channel block (gB, gC), added up below: no atomics.
+    gA = torch.empty(m["batch"], m["n_chunks"], *A.shape, **f32)  # every element is written
+    gB = torch.empty(grid[2], *B.shape, **f32)
+    gC = torch.empty(grid[2], *C.shape, **f32)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u,
             gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu, gA, gB, gC)
@@ -269,7 +273,7 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     _pass_chunks[(m["batch"], m["n_ch"])](A, first, dt_sum, carry_in, g_init, g_init, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=True, HAS_INIT=False)
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=True, **common)
-    return gu, gdelta, gA, gB, gC, gz, g_init
+    return gu, gdelta, gA.sum((0, 1)), gB.sum(0), gC.sum(0), gz, g_init
 
 
 class _SelectiveScan(torch.autograd.Function):
