@@ -50,15 +50,9 @@ def _softplus(x):
 
 
 @triton.jit
-def _at(b, d, t, s_b, s_d, s_l):
-    """Offset of element [b, d, t] of a (batch, d, L) tensor with strides (s_b, s_d, s_l)."""
-    return b * s_b + d * s_d + t * s_l
-
-
-@triton.jit
-def _load_delta(delta_ptr, bias_ptr, offsets, d, n_ch, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """delta at ``offsets`` in fp32 with bias and softplus; 0 where masked (so a = 1 and b = 0 there)."""
-    dt = tl.load(delta_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+def _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """delta[b, d, t] in fp32 with bias and softplus; 0 where masked (so a = 1 and b = 0 there)."""
+    dt = tl.load(delta_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         dt += tl.load(bias_ptr + d, mask=d < n_ch, other=0.0).to(tl.float32)
     if SOFTPLUS:
@@ -67,41 +61,39 @@ def _load_delta(delta_ptr, bias_ptr, offsets, d, n_ch, mask, HAS_BIAS: tl.conste
 
 
 @triton.jit
-def _chunk_layout(c, b, L, N, s_b, s_n, s_l, T: tl.constexpr, N_PAD: tl.constexpr):
+def _chunk_layout(c, b, L, N, T: tl.constexpr, N_PAD: tl.constexpr):
     """Chunk c of batch row b: times t (T,), states n (N_PAD,), their masks, the (n, T) tile mask
-    and the offsets of the (n, T) tiles of B and C (strides s_b, s_n, s_l)."""
+    and the offsets of the (n, T) tiles of B and C."""
     t = c * T + tl.arange(0, T)
     n = tl.arange(0, N_PAD)
     t_ok, n_ok = t < L, n < N
-    return t, n, t_ok, n_ok, n_ok[:, None] & t_ok[None, :], _at(b, n[:, None], t[None, :], s_b, s_n, s_l)
+    return t, n, t_ok, n_ok, n_ok[:, None] & t_ok[None, :], b * N * L + n[:, None] * L + t[None, :]
 
 
 @triton.jit
-def _channel(blk, i, n_ch, t_ok, BLOCK: tl.constexpr):
-    """Channel i of the block: its index, whether it exists and its time mask."""
+def _channel(blk, i, b, n_ch, L, t_ok, BLOCK: tl.constexpr):
+    """Channel i of the block: its index, whether it exists, its time mask and its row offset."""
     d = blk * BLOCK + i
     d_ok = d < n_ch
-    return d, d_ok, t_ok & d_ok
+    return d, d_ok, t_ok & d_ok, (b * n_ch + d) * L
 
 
 @triton.jit
 def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
                  end_state_ptr, dt_sum_ptr, incoming_ptr,
-                 n_ch, L, N, n_chunks, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
-                 sbc_b, sbc_n, sbc_l,
+                 n_ch, L, N, n_chunks,
                  T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, OUTPUT: tl.constexpr,
                  HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """OUTPUT=False: chunk end states (from zero) and delta sums. OUTPUT=True: y from incoming states.
-    u, delta, z and y have their own strides (s*_b, s*_d, s*_l); B and C share sbc_*."""
+    """OUTPUT=False: chunk end states (from zero) and delta sums. OUTPUT=True: y from incoming states."""
     c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, sbc_b, sbc_n, sbc_l, T, N_PAD)
+    t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD)
     B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     if OUTPUT:
         C_tile = tl.load(C_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     for i in range(BLOCK):
-        d, d_ok, mask = _channel(blk, i, n_ch, t_ok, BLOCK)
-        dt = _load_delta(delta_ptr, bias_ptr, _at(b, d, t, sdt_b, sdt_d, sdt_l), d, n_ch, mask, HAS_BIAS, SOFTPLUS)
-        u = tl.load(u_ptr + _at(b, d, t, su_b, su_d, su_l), mask=mask, other=0.0).to(tl.float32)
+        d, d_ok, mask, row = _channel(blk, i, b, n_ch, L, t_ok, BLOCK)
+        dt = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
         A = tl.load(A_ptr + d * N + n, mask=n_ok & d_ok, other=0.0).to(tl.float32)
         drive = (dt * u)[None, :] * B_tile
         state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
@@ -114,9 +106,9 @@ def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
             if HAS_D:
                 y += tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) * u
             if HAS_Z:
-                zz = tl.load(z_ptr + _at(b, d, t, sz_b, sz_d, sz_l), mask=mask, other=0.0).to(tl.float32)
+                zz = tl.load(z_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
                 y = y * zz * tl.sigmoid(zz)
-            tl.store(y_ptr + _at(b, d, t, sy_b, sy_d, sy_l), y.to(y_ptr.dtype.element_ty), mask=mask)
+            tl.store(y_ptr + row + t, y.to(y_ptr.dtype.element_ty), mask=mask)
         else:  # end state = sum_t exp(A * sum(dt after t)) * drive[t]: a weighted sum, no scan needed
             after = tl.sum(dt, axis=0) - tl.cumsum(dt, axis=0)
             end = tl.sum(tl.exp(A[:, None] * after[None, :]) * drive, axis=1)
@@ -149,34 +141,29 @@ def _pass_chunks(A_ptr, chunk_ptr, dt_sum_ptr, carry_in_ptr, init_ptr, final_ptr
 @triton.jit
 def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gy_ptr,
                      incoming_ptr, first_ptr, carry_in_ptr,
-                     gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr,
-                     n_ch, L, N, n_chunks, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
-                     sgu_b, sgu_d, sgu_l, sgdt_b, sgdt_d, sgdt_l, sgz_b, sgz_d, sgz_l, sbc_b, sbc_n, sbc_l,
+                     gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr,
+                     n_ch, L, N, n_chunks,
                      T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, GRADS: tl.constexpr,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """GRADS=False: per chunk, a[first] * lambda_local[first] (the adjoint a chunk hands to the one
-    before it). GRADS=True: every gradient, from the adjoint carried in from later chunks.
-    Strides as in ``_scan_chunks``; gy, gu, gdelta and gz have their own (sg_*, sgu_*, sgdt_*, sgz_*).
-    gA, gD and gbias get one partial sum per (batch row, chunk), gB and gC one per channel block."""
+    before it). GRADS=True: every gradient, from the adjoint carried in from later chunks."""
     c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, sbc_b, sbc_n, sbc_l, T, N_PAD)
-    partial_offsets = b * N * L + n[:, None] * L + t[None, :]  # of this block's (n, T) tile of gB, gC
+    t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD)
     B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     C_tile = tl.load(C_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     gB_acc = tl.zeros([N_PAD, T], dtype=tl.float32)
     gC_acc = tl.zeros([N_PAD, T], dtype=tl.float32)
     chunk_end = tl.minimum(c * T + T, L)
     for i in range(BLOCK):
-        d, d_ok, mask = _channel(blk, i, n_ch, t_ok, BLOCK)
-        u_at, dt_at, z_at = _at(b, d, t, su_b, su_d, su_l), _at(b, d, t, sdt_b, sdt_d, sdt_l), _at(b, d, t, sz_b, sz_d, sz_l)
-        dt = _load_delta(delta_ptr, bias_ptr, dt_at, d, n_ch, mask, HAS_BIAS, SOFTPLUS)
-        u = tl.load(u_ptr + u_at, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(gy_ptr + _at(b, d, t, sg_b, sg_d, sg_l), mask=mask, other=0.0).to(tl.float32)
+        d, d_ok, mask, row = _channel(blk, i, b, n_ch, L, t_ok, BLOCK)
+        dt = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(gy_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
         A = tl.load(A_ptr + d * N + n, mask=n_ok & d_ok, other=0.0).to(tl.float32)
         state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
         gy = g
         if HAS_Z:
-            zz = tl.load(z_ptr + z_at, mask=mask, other=0.0).to(tl.float32)
+            zz = tl.load(z_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
             sig = tl.sigmoid(zz)
             gy = g * zz * sig
         if GRADS:
@@ -190,7 +177,7 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             # from later chunks times prod_{s=t+1}^{end} a[s]. With a[t+1] = 1 past the chunk end
             # (delta masked to 0), the reverse scan's products are exactly that factor.
             next_ok = (t + 1 < chunk_end) & d_ok
-            dt_next = _load_delta(delta_ptr, bias_ptr, dt_at + sdt_l, d, n_ch, next_ok, HAS_BIAS, SOFTPLUS)
+            dt_next = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t + 1, next_ok, HAS_BIAS, SOFTPLUS)
             a_next = tl.exp(dt_next[None, :] * A[:, None])
             decay_to_end, lam = tl.associative_scan((a_next, C_tile * gy[None, :]), 1, _combine, reverse=True)
             carry = tl.load(carry_in_ptr + state_offsets, mask=n_ok & d_ok, other=0.0)
@@ -206,19 +193,16 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                 if HAS_D:
                     y += tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) * u
                 gz = g * y * sig * (1.0 + zz * (1.0 - sig))
-                tl.store(gz_ptr + _at(b, d, t, sgz_b, sgz_d, sgz_l), gz.to(gz_ptr.dtype.element_ty), mask=mask)
+                tl.store(gz_ptr + row + t, gz, mask=mask)
             if SOFTPLUS:
-                raw = tl.load(delta_ptr + dt_at, mask=mask, other=0.0).to(tl.float32)
+                raw = tl.load(delta_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
                 if HAS_BIAS:
                     raw += tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
                 gdt = gdt * tl.sigmoid(raw)
-            gdt = tl.where(mask, gdt, 0.0)
-            tl.store(gdelta_ptr + _at(b, d, t, sgdt_b, sgdt_d, sgdt_l), gdt.to(gdelta_ptr.dtype.element_ty), mask=mask)
-            tl.store(gu_ptr + _at(b, d, t, sgu_b, sgu_d, sgu_l), gu.to(gu_ptr.dtype.element_ty), mask=mask)
-            per_channel = (b * n_chunks + c) * n_ch + d
-            tl.store(gA_ptr + per_channel * N + n, tl.sum(g_decay * dt[None, :], axis=1), mask=n_ok & d_ok)
-            tl.store(gD_ptr + per_channel, tl.sum(gy * u, axis=0), mask=d_ok)
-            tl.store(gbias_ptr + per_channel, tl.sum(gdt, axis=0), mask=d_ok)
+            tl.store(gdelta_ptr + row + t, gdt, mask=mask)
+            tl.store(gu_ptr + row + t, gu, mask=mask)
+            tl.store(gA_ptr + ((b * n_chunks + c) * n_ch + d) * N + n, tl.sum(g_decay * dt[None, :], axis=1),
+                     mask=n_ok & d_ok)
             gB_acc += lam * (dt * u)[None, :]
             gC_acc += tl.where(d_ok, h * gy[None, :], 0.0)
         else:
@@ -228,22 +212,17 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             tl.store(first_ptr + state_offsets, handed, mask=n_ok & d_ok)
     if GRADS:
         block_offset = blk * tl.num_programs(1) * N * L  # this channel block's slice of the partial sums
-        tl.store(gB_ptr + block_offset + partial_offsets, gB_acc, mask=tile_ok)
-        tl.store(gC_ptr + block_offset + partial_offsets, gC_acc, mask=tile_ok)
+        tl.store(gB_ptr + block_offset + bc_offsets, gB_acc, mask=tile_ok)
+        tl.store(gC_ptr + block_offset + bc_offsets, gC_acc, mask=tile_ok)
 
 
 def _prepare(u, delta, A, B, C, D, z, delta_bias):
-    """The inputs as the kernels read them, and the sizes. u, delta and z keep their strides (Mamba
-    passes transposed views, and copying them would cost more than the scan's strided reads); B
-    and C get one shared layout; the per-channel vectors are made contiguous."""
     batch, n_ch, L = u.shape
     N = A.shape[1]
-    if B.stride() != C.stride():
-        B, C = B.contiguous(), C.contiguous()
-    A, D, delta_bias = (x.contiguous() if x is not None else None for x in (A, D, delta_bias))
+    tensors = [x.contiguous() if x is not None else None for x in (u, delta, A, B, C, D, z, delta_bias)]
     T = _chunk_len(N)
     meta = dict(batch=batch, n_ch=n_ch, L=L, N=N, T=T, n_chunks=triton.cdiv(L, T), N_PAD=triton.next_power_of_2(N))
-    return (u, delta, A, B, C, D, z, delta_bias), meta
+    return tensors, meta
 
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
@@ -254,55 +233,47 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
     dt_sum = torch.empty(m["batch"], m["n_ch"], m["n_chunks"], **f32)
     incoming = torch.empty_like(end_state)
     final = torch.empty(m["batch"], m["n_ch"], m["N"], **f32)
-    # (batch, d, L) with channels innermost: Mamba's out_proj reads y.transpose(1, 2) without a copy.
-    y = torch.empty(m["batch"], m["L"], m["n_ch"], device=u.device, dtype=u.dtype).transpose(1, 2)
+    y = torch.empty_like(u)
     grid = (m["n_chunks"], m["batch"], triton.cdiv(m["n_ch"], BLOCK_D))
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u)
     sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"])
-    strides = (*u.stride(), *delta.stride(), *(z if z is not None else u).stride(), *y.stride(), *B.stride())
-    common = dict(T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, num_warps=NUM_WARPS, **flags)
-    _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, *strides, OUTPUT=False, **common)
+    _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D,
+                       OUTPUT=False, num_warps=NUM_WARPS, **flags)
     init = initial_state.float().contiguous() if initial_state is not None else final
     _pass_chunks[(m["batch"], m["n_ch"])](A, end_state, dt_sum, incoming, init, final, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=False,
                                           HAS_INIT=initial_state is not None)
-    _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, *strides, OUTPUT=True, **common)
+    _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D,
+                       OUTPUT=True, num_warps=NUM_WARPS, **flags)
     return y, final, incoming, dt_sum
 
 
 def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_sum):
-    """Every gradient: gu, gdelta, gz in the dtypes (and, where dense, the layouts) of u, delta,
-    z; gA, gB, gC, gD, gbias and the initial state's in fp32."""
     (u, delta, A, B, C, D, z, bias), m = _prepare(u, delta, A, B, C, D, z, delta_bias)
-    A = A.float()
+    A, gy = A.float(), gy.contiguous()
     f32 = dict(device=u.device, dtype=torch.float32)
     first = torch.empty_like(incoming)
     carry_in = torch.empty_like(incoming)
     g_init = torch.empty(m["batch"], m["n_ch"], m["N"], **f32)
-    gu, gdelta = torch.empty_like(u), torch.empty_like(delta)
-    gz = torch.empty_like(z) if z is not None else None
+    gu = torch.empty(u.shape, **f32)
+    gdelta = torch.empty(u.shape, **f32)
+    gz = torch.empty(u.shape, **f32) if z is not None else None
     grid = (m["n_chunks"], m["batch"], triton.cdiv(m["n_ch"], BLOCK_D))
-    # Partial sums, added up below (no atomics): every element is written.
-    gA = torch.empty(m["batch"], m["n_chunks"], *A.shape, **f32)
-    gD = torch.empty(m["batch"], m["n_chunks"], m["n_ch"], **f32)
-    gbias = torch.empty_like(gD)
-    gB = torch.empty(grid[2], m["batch"], m["N"], m["L"], **f32)
-    gC = torch.empty_like(gB)
+    # Partial sums, one per program (gA) or per channel block (gB, gC), added up below: no atomics.
+    gA = torch.empty(m["batch"], m["n_chunks"], *A.shape, **f32)  # every element is written
+    gB = torch.empty(grid[2], *B.shape, **f32)
+    gC = torch.empty(grid[2], *C.shape, **f32)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u,
-            gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu, gA, gB, gC, gD, gbias)
+            gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu, gA, gB, gC)
     sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"])
-    z_like = z if z is not None else u
-    strides = (*u.stride(), *delta.stride(), *z_like.stride(), *gy.stride(), *gu.stride(), *gdelta.stride(),
-               *(gz if gz is not None else gu).stride(), *B.stride())
     common = dict(T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, num_warps=NUM_WARPS, **flags)
-    _scan_chunks_bwd[grid](*args, *sizes, *strides, GRADS=False, **common)
+    _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
     _pass_chunks[(m["batch"], m["n_ch"])](A, first, dt_sum, carry_in, g_init, g_init, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=True, HAS_INIT=False)
-    _scan_chunks_bwd[grid](*args, *sizes, *strides, GRADS=True, **common)
-    return (gu, gdelta, gA.sum((0, 1)), gB.sum(0), gC.sum(0), gD.sum((0, 1)) if D is not None else None, gz,
-            gbias.sum((0, 1)) if bias is not None else None, g_init)
+    _scan_chunks_bwd[grid](*args, *sizes, GRADS=True, **common)
+    return gu, gdelta, gA.sum((0, 1)), gB.sum(0), gC.sum(0), gz, g_init
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -317,10 +288,15 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, _g_final):
         u, delta, A, B, C, D, z, bias, incoming, dt_sum, initial_state = ctx.saved_tensors
-        gu, gdelta, gA, gB, gC, gD, gz, gbias, g_init = _backward(gy, u, delta, A, B, C, D, z, bias, ctx.softplus,
-                                                                  incoming, dt_sum)
-        return (gu, gdelta, gA.to(A.dtype), gB.to(B.dtype), gC.to(C.dtype), gD.to(D.dtype) if D is not None else None,
-                gz, gbias.to(bias.dtype) if bias is not None else None, None,
+        gu, gdelta, gA, gB, gC, gz, g_init = _backward(gy, u, delta, A, B, C, D, z, bias, ctx.softplus, incoming,
+                                                       dt_sum)
+        gD = None
+        if D is not None:
+            gated = gy.float() * torch.nn.functional.silu(z.float()) if z is not None else gy.float()
+            gD = (gated * u.float()).sum((0, 2)).to(D.dtype)
+        gbias = gdelta.sum((0, 2)).to(bias.dtype) if bias is not None else None
+        return (gu.to(u.dtype), gdelta.to(delta.dtype), gA.to(A.dtype), gB.to(B.dtype), gC.to(C.dtype), gD,
+                gz.to(z.dtype) if z is not None else None, gbias, None,
                 g_init.to(initial_state.dtype) if initial_state is not None else None)
 
 
