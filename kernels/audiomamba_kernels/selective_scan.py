@@ -19,7 +19,7 @@ lambda[t] = C[t] dy[t] + a[t+1] lambda[t+1]. It never stores the (batch, d, n, L
 gradient through the decay uses lambda[t] * (h[t] - b[t]), which equals lambda[t] * a[t] * h[t-1]
 with no division. A program loads its B and C tiles (n x T) once and reuses them for every
 channel of its block. It accumulates dB and dC over those channels and writes one partial sum per
-block (dA: one per program); torch adds the partial sums up afterwards. With no atomics the
+block (dA, dD and dbias: one per program); torch adds the partial sums up afterwards. With no atomics the
 gradients are deterministic. State and accumulation are fp32 whatever the input dtype.
 """
 from __future__ import annotations
@@ -141,12 +141,13 @@ def _pass_chunks(A_ptr, chunk_ptr, dt_sum_ptr, carry_in_ptr, init_ptr, final_ptr
 @triton.jit
 def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gy_ptr,
                      incoming_ptr, first_ptr, carry_in_ptr,
-                     gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr,
+                     gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr,
                      n_ch, L, N, n_chunks,
                      T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, GRADS: tl.constexpr,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """GRADS=False: per chunk, a[first] * lambda_local[first] (the adjoint a chunk hands to the one
-    before it). GRADS=True: every gradient, from the adjoint carried in from later chunks."""
+    before it). GRADS=True: every gradient, from the adjoint carried in from later chunks; gA, gD
+    and gbias as one partial sum per (batch row, chunk), gB and gC as one per channel block."""
     c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD)
     B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
@@ -193,16 +194,19 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                 if HAS_D:
                     y += tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) * u
                 gz = g * y * sig * (1.0 + zz * (1.0 - sig))
-                tl.store(gz_ptr + row + t, gz, mask=mask)
+                tl.store(gz_ptr + row + t, gz.to(gz_ptr.dtype.element_ty), mask=mask)
             if SOFTPLUS:
                 raw = tl.load(delta_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
                 if HAS_BIAS:
                     raw += tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
                 gdt = gdt * tl.sigmoid(raw)
-            tl.store(gdelta_ptr + row + t, gdt, mask=mask)
-            tl.store(gu_ptr + row + t, gu, mask=mask)
-            tl.store(gA_ptr + ((b * n_chunks + c) * n_ch + d) * N + n, tl.sum(g_decay * dt[None, :], axis=1),
-                     mask=n_ok & d_ok)
+            gdt = tl.where(mask, gdt, 0.0)
+            tl.store(gdelta_ptr + row + t, gdt.to(gdelta_ptr.dtype.element_ty), mask=mask)
+            tl.store(gu_ptr + row + t, gu.to(gu_ptr.dtype.element_ty), mask=mask)
+            per_channel = (b * n_chunks + c) * n_ch + d
+            tl.store(gA_ptr + per_channel * N + n, tl.sum(g_decay * dt[None, :], axis=1), mask=n_ok & d_ok)
+            tl.store(gD_ptr + per_channel, tl.sum(gy * u, axis=0), mask=d_ok)
+            tl.store(gbias_ptr + per_channel, tl.sum(gdt, axis=0), mask=d_ok)
             gB_acc += lam * (dt * u)[None, :]
             gC_acc += tl.where(d_ok, h * gy[None, :], 0.0)
         else:
@@ -256,24 +260,26 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     first = torch.empty_like(incoming)
     carry_in = torch.empty_like(incoming)
     g_init = torch.empty(m["batch"], m["n_ch"], m["N"], **f32)
-    gu = torch.empty(u.shape, **f32)
-    gdelta = torch.empty(u.shape, **f32)
-    gz = torch.empty(u.shape, **f32) if z is not None else None
+    gu, gdelta = torch.empty_like(u), torch.empty_like(delta)  # written in the inputs' dtypes
+    gz = torch.empty_like(z) if z is not None else None
     grid = (m["n_chunks"], m["batch"], triton.cdiv(m["n_ch"], BLOCK_D))
-    # Partial sums, one per program (gA) or per channel block (gB, gC), added up below: no atomics.
-    gA = torch.empty(m["batch"], m["n_chunks"], *A.shape, **f32)  # every element is written
+    # Partial sums, added up below (no atomics); every element is written.
+    gA = torch.empty(m["batch"], m["n_chunks"], *A.shape, **f32)
+    gD = torch.empty(m["batch"], m["n_chunks"], m["n_ch"], **f32)
+    gbias = torch.empty_like(gD)
     gB = torch.empty(grid[2], *B.shape, **f32)
     gC = torch.empty(grid[2], *C.shape, **f32)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u,
-            gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu, gA, gB, gC)
+            gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu, gA, gB, gC, gD, gbias)
     sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"])
     common = dict(T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, num_warps=NUM_WARPS, **flags)
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
     _pass_chunks[(m["batch"], m["n_ch"])](A, first, dt_sum, carry_in, g_init, g_init, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=True, HAS_INIT=False)
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=True, **common)
-    return gu, gdelta, gA.sum((0, 1)), gB.sum(0), gC.sum(0), gz, g_init
+    return (gu, gdelta, gA.sum((0, 1)), gB.sum(0), gC.sum(0), gD.sum((0, 1)) if D is not None else None, gz,
+            gbias.sum((0, 1)) if bias is not None else None, g_init)
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -288,15 +294,10 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, _g_final):
         u, delta, A, B, C, D, z, bias, incoming, dt_sum, initial_state = ctx.saved_tensors
-        gu, gdelta, gA, gB, gC, gz, g_init = _backward(gy, u, delta, A, B, C, D, z, bias, ctx.softplus, incoming,
-                                                       dt_sum)
-        gD = None
-        if D is not None:
-            gated = gy.float() * torch.nn.functional.silu(z.float()) if z is not None else gy.float()
-            gD = (gated * u.float()).sum((0, 2)).to(D.dtype)
-        gbias = gdelta.sum((0, 2)).to(bias.dtype) if bias is not None else None
-        return (gu.to(u.dtype), gdelta.to(delta.dtype), gA.to(A.dtype), gB.to(B.dtype), gC.to(C.dtype), gD,
-                gz.to(z.dtype) if z is not None else None, gbias, None,
+        gu, gdelta, gA, gB, gC, gD, gz, gbias, g_init = _backward(gy, u, delta, A, B, C, D, z, bias, ctx.softplus,
+                                                                  incoming, dt_sum)
+        return (gu, gdelta, gA.to(A.dtype), gB.to(B.dtype), gC.to(C.dtype), gD.to(D.dtype) if D is not None else None,
+                gz, gbias.to(bias.dtype) if bias is not None else None, None,
                 g_init.to(initial_state.dtype) if initial_state is not None else None)
 
 
