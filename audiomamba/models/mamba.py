@@ -1,16 +1,13 @@
 """Mamba: a selective state-space block (Gu & Dao 2023), whose step size and B, C depend on the input.
 
-    x, z = in_proj(u)                          x, z: (batch, E, length), E = expand * H
+    x, z = in_proj(u)                          x, z: (batch, length, E), E = expand * H
     x = silu(causal depthwise conv(x))         width ``d_conv``
     dt_low, B, C = x_proj(x)                   ranks R = ceil(H / 16), N, N
     delta = softplus(dt_proj(dt_low))          bias initialised so delta starts in [dt_min, dt_max]
     y = selective_scan(x, delta, A, B, C, D) * silu(z)       A = -exp(A_log), S4D-Real init
     out = out_proj(y)
 
-The parallel forward keeps its activations channels-first, (batch, channels, length): each
-projection is a weight @ activation product, and the scan reads x, z, delta, B and C where the
-projections wrote them, with no transposed copies. The recurrent state is the conv buffer
-(batch, E, d_conv) and the SSM state (batch, E, N), fp32.
+The recurrent state is the conv buffer (batch, E, d_conv) and the SSM state (batch, E, N), fp32.
 """
 from __future__ import annotations
 
@@ -46,20 +43,21 @@ class MambaBlock(nn.Module):
         self.out_proj = nn.Linear(E, d_model, bias=False)
         self._step_cache = None  # A = -exp(A_log) while generating: see cached_for_steps
 
-    def _split_ssm_inputs(self, projected: torch.Tensor, dim: int):
-        """x_proj's output -> dt_low (R), B (N), C (N) along ``dim``."""
+    def _ssm_inputs(self, x: torch.Tensor):
+        """x (..., E) -> dt_low (..., R), B (..., N), C (..., N)."""
         N = self.A_log.shape[1]
-        return torch.split(projected, [self.dt_rank, N, N], dim=dim)
+        return torch.split(self.x_proj(x), [self.dt_rank, N, N], dim=-1)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         length = u.shape[1]
-        x, z = (self.in_proj.weight @ u.transpose(1, 2)).chunk(2, dim=1)  # (batch, E, length) each
-        x = F.silu(self.conv(x)[..., :length])
-        dt_low, B, C = self._split_ssm_inputs(self.x_proj.weight @ x, dim=1)
-        delta = self.dt_proj.weight @ dt_low  # (batch, E, length); the bias goes in as delta_bias, in fp32
-        y = selective_scan(x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), z,
+        x, z = self.in_proj(u).chunk(2, dim=-1)
+        x = F.silu(self.conv(x.transpose(1, 2))[..., :length])  # (batch, E, length)
+        dt_low, B, C = self._ssm_inputs(x.transpose(1, 2))
+        delta = F.linear(dt_low, self.dt_proj.weight)  # bias goes in as delta_bias, in fp32
+        y = selective_scan(x, delta.transpose(1, 2), -torch.exp(self.A_log.float()), B.transpose(1, 2),
+                           C.transpose(1, 2), self.D.float(), z.transpose(1, 2),
                            delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
-        return (self.out_proj.weight @ y).transpose(1, 2)
+        return self.out_proj(y.transpose(1, 2))
 
     def initial_state(self, batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(conv buffer (batch, E, d_conv), SSM state (batch, E, N) fp32), zeros."""
@@ -72,7 +70,7 @@ class MambaBlock(nn.Module):
         conv_buf, ssm_state = state
         x, z = self.in_proj(u).chunk(2, dim=-1)
         x = causal_conv_step(conv_buf, x, self.conv.weight[:, 0], self.conv.bias).to(u.dtype)
-        dt_low, B, C = self._split_ssm_inputs(self.x_proj(x), dim=-1)
+        dt_low, B, C = self._ssm_inputs(x)
         delta = F.linear(dt_low, self.dt_proj.weight)
         A = cached_for_steps(self, (self.A_log,), lambda: -torch.exp(self.A_log.float()))
         y = selective_state_update(ssm_state, x, delta, A, B, C, self.D.float(),

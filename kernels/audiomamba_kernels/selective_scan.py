@@ -61,13 +61,13 @@ def _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS: tl.constex
 
 
 @triton.jit
-def _chunk_layout(c, b, L, N, sbc_b, T: tl.constexpr, N_PAD: tl.constexpr):
+def _chunk_layout(c, b, L, N, T: tl.constexpr, N_PAD: tl.constexpr):
     """Chunk c of batch row b: times t (T,), states n (N_PAD,), their masks, the (n, T) tile mask
-    and the offsets of the (n, T) tiles of B and C (batch stride sbc_b)."""
+    and the offsets of the (n, T) tiles of B and C."""
     t = c * T + tl.arange(0, T)
     n = tl.arange(0, N_PAD)
     t_ok, n_ok = t < L, n < N
-    return t, n, t_ok, n_ok, n_ok[:, None] & t_ok[None, :], b * sbc_b + n[:, None] * L + t[None, :]
+    return t, n, t_ok, n_ok, n_ok[:, None] & t_ok[None, :], b * N * L + n[:, None] * L + t[None, :]
 
 
 @triton.jit
@@ -81,20 +81,19 @@ def _channel(blk, i, b, n_ch, L, t_ok, BLOCK: tl.constexpr):
 @triton.jit
 def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
                  end_state_ptr, dt_sum_ptr, incoming_ptr,
-                 n_ch, L, N, n_chunks, su_b, sdt_b, sz_b, sbc_b,
+                 n_ch, L, N, n_chunks,
                  T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, OUTPUT: tl.constexpr,
                  HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """OUTPUT=False: chunk end states (from zero) and delta sums. OUTPUT=True: y from incoming states.
-    u, delta, z, B and C may have any batch stride (s*_b); y is contiguous."""
+    """OUTPUT=False: chunk end states (from zero) and delta sums. OUTPUT=True: y from incoming states."""
     c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, sbc_b, T, N_PAD)
+    t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD)
     B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     if OUTPUT:
         C_tile = tl.load(C_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     for i in range(BLOCK):
         d, d_ok, mask, row = _channel(blk, i, b, n_ch, L, t_ok, BLOCK)
-        dt = _load_delta(delta_ptr, bias_ptr, b * sdt_b + d * L, d, n_ch, t, mask, HAS_BIAS, SOFTPLUS)
-        u = tl.load(u_ptr + b * su_b + d * L + t, mask=mask, other=0.0).to(tl.float32)
+        dt = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
         A = tl.load(A_ptr + d * N + n, mask=n_ok & d_ok, other=0.0).to(tl.float32)
         drive = (dt * u)[None, :] * B_tile
         state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
@@ -107,7 +106,7 @@ def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
             if HAS_D:
                 y += tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) * u
             if HAS_Z:
-                zz = tl.load(z_ptr + b * sz_b + d * L + t, mask=mask, other=0.0).to(tl.float32)
+                zz = tl.load(z_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
                 y = y * zz * tl.sigmoid(zz)
             tl.store(y_ptr + row + t, y.to(y_ptr.dtype.element_ty), mask=mask)
         else:  # end state = sum_t exp(A * sum(dt after t)) * drive[t]: a weighted sum, no scan needed
@@ -143,16 +142,14 @@ def _pass_chunks(A_ptr, chunk_ptr, dt_sum_ptr, carry_in_ptr, init_ptr, final_ptr
 def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gy_ptr,
                      incoming_ptr, first_ptr, carry_in_ptr,
                      gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr,
-                     n_ch, L, N, n_chunks, su_b, sdt_b, sz_b, sg_b, sbc_b,
+                     n_ch, L, N, n_chunks,
                      T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, GRADS: tl.constexpr,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """GRADS=False: per chunk, a[first] * lambda_local[first] (the adjoint a chunk hands to the one
     before it). GRADS=True: every gradient, from the adjoint carried in from later chunks; gA, gD
-    and gbias as one partial sum per (batch row, chunk), gB and gC as one per channel block. Inputs
-    may have any batch stride (s*_b, gy's is sg_b); gu, gdelta and gz are contiguous."""
+    and gbias as one partial sum per (batch row, chunk), gB and gC as one per channel block."""
     c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, sbc_b, T, N_PAD)
-    partial_offsets = b * N * L + n[:, None] * L + t[None, :]  # this block's (n, T) tile of gB and gC
+    t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD)
     B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     C_tile = tl.load(C_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     gB_acc = tl.zeros([N_PAD, T], dtype=tl.float32)
@@ -160,15 +157,14 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     chunk_end = tl.minimum(c * T + T, L)
     for i in range(BLOCK):
         d, d_ok, mask, row = _channel(blk, i, b, n_ch, L, t_ok, BLOCK)
-        dt_row = b * sdt_b + d * L
-        dt = _load_delta(delta_ptr, bias_ptr, dt_row, d, n_ch, t, mask, HAS_BIAS, SOFTPLUS)
-        u = tl.load(u_ptr + b * su_b + d * L + t, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(gy_ptr + b * sg_b + d * L + t, mask=mask, other=0.0).to(tl.float32)
+        dt = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(gy_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
         A = tl.load(A_ptr + d * N + n, mask=n_ok & d_ok, other=0.0).to(tl.float32)
         state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
         gy = g
         if HAS_Z:
-            zz = tl.load(z_ptr + b * sz_b + d * L + t, mask=mask, other=0.0).to(tl.float32)
+            zz = tl.load(z_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
             sig = tl.sigmoid(zz)
             gy = g * zz * sig
         if GRADS:
@@ -182,7 +178,7 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             # from later chunks times prod_{s=t+1}^{end} a[s]. With a[t+1] = 1 past the chunk end
             # (delta masked to 0), the reverse scan's products are exactly that factor.
             next_ok = (t + 1 < chunk_end) & d_ok
-            dt_next = _load_delta(delta_ptr, bias_ptr, dt_row, d, n_ch, t + 1, next_ok, HAS_BIAS, SOFTPLUS)
+            dt_next = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t + 1, next_ok, HAS_BIAS, SOFTPLUS)
             a_next = tl.exp(dt_next[None, :] * A[:, None])
             decay_to_end, lam = tl.associative_scan((a_next, C_tile * gy[None, :]), 1, _combine, reverse=True)
             carry = tl.load(carry_in_ptr + state_offsets, mask=n_ok & d_ok, other=0.0)
@@ -200,7 +196,7 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                 gz = g * y * sig * (1.0 + zz * (1.0 - sig))
                 tl.store(gz_ptr + row + t, gz.to(gz_ptr.dtype.element_ty), mask=mask)
             if SOFTPLUS:
-                raw = tl.load(delta_ptr + dt_row + t, mask=mask, other=0.0).to(tl.float32)
+                raw = tl.load(delta_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
                 if HAS_BIAS:
                     raw += tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
                 gdt = gdt * tl.sigmoid(raw)
@@ -220,32 +216,17 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             tl.store(first_ptr + state_offsets, handed, mask=n_ok & d_ok)
     if GRADS:
         block_offset = blk * tl.num_programs(1) * N * L  # this channel block's slice of the partial sums
-        tl.store(gB_ptr + block_offset + partial_offsets, gB_acc, mask=tile_ok)
-        tl.store(gC_ptr + block_offset + partial_offsets, gC_acc, mask=tile_ok)
-
-
-def _rows_contiguous(x: torch.Tensor | None) -> torch.Tensor | None:
-    """x (batch, rows, L) with contiguous rows, in any batch stride (Mamba's chunk and split views
-    of its projections pass as they are); other layouts are copied."""
-    if x is None or (x.stride(2) == 1 and x.stride(1) == x.shape[2]):
-        return x
-    return x.contiguous()
+        tl.store(gB_ptr + block_offset + bc_offsets, gB_acc, mask=tile_ok)
+        tl.store(gC_ptr + block_offset + bc_offsets, gC_acc, mask=tile_ok)
 
 
 def _prepare(u, delta, A, B, C, D, z, delta_bias):
     batch, n_ch, L = u.shape
     N = A.shape[1]
-    u, delta, z, B, C = (_rows_contiguous(x) for x in (u, delta, z, B, C))
-    if B.stride(0) != C.stride(0):  # the kernels take one batch stride for both
-        B, C = B.contiguous(), C.contiguous()
-    A, D, delta_bias = (x.contiguous() if x is not None else None for x in (A, D, delta_bias))
+    tensors = [x.contiguous() if x is not None else None for x in (u, delta, A, B, C, D, z, delta_bias)]
     T = _chunk_len(N)
     meta = dict(batch=batch, n_ch=n_ch, L=L, N=N, T=T, n_chunks=triton.cdiv(L, T), N_PAD=triton.next_power_of_2(N))
-    return (u, delta, A, B, C, D, z, delta_bias), meta
-
-
-def _batch_strides(*tensors) -> tuple[int, ...]:
-    return tuple(x.stride(0) if x is not None else 0 for x in tensors)
+    return tensors, meta
 
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
@@ -256,11 +237,11 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
     dt_sum = torch.empty(m["batch"], m["n_ch"], m["n_chunks"], **f32)
     incoming = torch.empty_like(end_state)
     final = torch.empty(m["batch"], m["n_ch"], m["N"], **f32)
-    y = torch.empty(u.shape, device=u.device, dtype=u.dtype)
+    y = torch.empty_like(u)
     grid = (m["n_chunks"], m["batch"], triton.cdiv(m["n_ch"], BLOCK_D))
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u)
-    sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"], *_batch_strides(u, delta, z, B))
+    sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"])
     _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D,
                        OUTPUT=False, num_warps=NUM_WARPS, **flags)
     init = initial_state.float().contiguous() if initial_state is not None else final
@@ -274,25 +255,24 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
 
 def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_sum):
     (u, delta, A, B, C, D, z, bias), m = _prepare(u, delta, A, B, C, D, z, delta_bias)
-    A, gy = A.float(), _rows_contiguous(gy)
+    A, gy = A.float(), gy.contiguous()
     f32 = dict(device=u.device, dtype=torch.float32)
     first = torch.empty_like(incoming)
     carry_in = torch.empty_like(incoming)
     g_init = torch.empty(m["batch"], m["n_ch"], m["N"], **f32)
-    gu = torch.empty(u.shape, device=u.device, dtype=u.dtype)  # contiguous, in the inputs' dtypes
-    gdelta = torch.empty(u.shape, device=u.device, dtype=delta.dtype)
-    gz = torch.empty(u.shape, device=u.device, dtype=z.dtype) if z is not None else None
+    gu, gdelta = torch.empty_like(u), torch.empty_like(delta)  # written in the inputs' dtypes
+    gz = torch.empty_like(z) if z is not None else None
     grid = (m["n_chunks"], m["batch"], triton.cdiv(m["n_ch"], BLOCK_D))
     # Partial sums, added up below (no atomics); every element is written.
     gA = torch.empty(m["batch"], m["n_chunks"], *A.shape, **f32)
     gD = torch.empty(m["batch"], m["n_chunks"], m["n_ch"], **f32)
     gbias = torch.empty_like(gD)
     gB = torch.empty(grid[2], *B.shape, **f32)
-    gC = torch.empty_like(gB)
+    gC = torch.empty(grid[2], *C.shape, **f32)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u,
             gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu, gA, gB, gC, gD, gbias)
-    sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"], *_batch_strides(u, delta, z, gy, B))
+    sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"])
     common = dict(T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, num_warps=NUM_WARPS, **flags)
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
     _pass_chunks[(m["batch"], m["n_ch"])](A, first, dt_sum, carry_in, g_init, g_init, m["n_ch"], m["N"],
