@@ -37,11 +37,18 @@ class Generation:
     problems: dict[int, str] = field(default_factory=dict)  # clip index -> why it stopped early
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float, uniform: torch.Tensor) -> torch.Tensor:
+def gumbel_noise(shape, generator: torch.Generator, device) -> torch.Tensor:
+    """Standard Gumbel noise, -log(-log(U)) for U uniform in (0, 1)."""
+    uniform = torch.rand(shape, generator=generator, device=device).clamp_(min=1e-20)
+    return uniform.log_().neg_().log_().neg_()
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gumbel: torch.Tensor) -> torch.Tensor:
     """Draw one token per row of logits (batch, 256) with temperature and nucleus (top-p) sampling.
 
-    uniform: (batch, 256) noise in [0, 1). Gumbel-max (argmax of logits/T plus Gumbel noise) draws
-    from the softmax without a host sync, so a whole sampling step can live in a CUDA graph.
+    gumbel: (batch, 256) Gumbel noise (``gumbel_noise``). Gumbel-max (argmax of logits/T plus
+    Gumbel noise) draws from the softmax without a host sync, so a whole sampling step can live
+    in a CUDA graph.
     """
     if temperature <= 0:
         return logits.argmax(-1)
@@ -51,7 +58,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, uniform:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
         scaled = scaled.masked_fill(torch.zeros_like(outside).scatter(-1, order, outside), float("-inf"))
-    return (scaled - torch.log(-torch.log(uniform.clamp(min=1e-20)))).argmax(-1)
+    return (scaled + gumbel).argmax(-1)
 
 
 class SampleLoop:
@@ -61,7 +68,7 @@ class SampleLoop:
     ``step(residue)`` makes one sample for every clip with no host synchronisation. The U-Net's
     control flow depends only on t mod stride, so on CUDA ``capture()`` records ``stride`` graphs,
     one per residue, and ``step`` replays them: one launch per sample instead of hundreds of
-    kernels and the Python that issues them. Sampling noise for ``stride`` samples is drawn ahead
+    kernels and the Python that issues them. Gumbel noise for ``stride`` samples is drawn ahead
     (``draw_noise``), so the graphs need no random number generator of their own.
     """
 
@@ -95,8 +102,8 @@ class SampleLoop:
         self.t.zero_()
 
     def draw_noise(self) -> None:
-        """Fresh uniform noise for the next ``stride`` samples."""
-        self.noise.uniform_(generator=self.generator)
+        """Fresh Gumbel noise for the next ``stride`` samples."""
+        self.noise.copy_(gumbel_noise(self.noise.shape, self.generator, self.noise.device))
 
     def capture(self) -> None:
         """Record one CUDA graph per residue, after a warm-up that allocates and autotunes. What the
