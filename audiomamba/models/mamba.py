@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from audiomamba.models.step_cache import cached_for_steps
 from audiomamba.ops.causal_conv import causal_conv_step
-from audiomamba.ops.selective_scan import selective_scan, selective_state_update
+from audiomamba.ops.selective_scan import projected_state_update, selective_scan
 
 
 class MambaBlock(nn.Module):
@@ -70,9 +70,7 @@ class MambaBlock(nn.Module):
         conv_buf, ssm_state = state
         x, z = self.in_proj(u).chunk(2, dim=-1)
         x = causal_conv_step(conv_buf, x, self.conv.weight[:, 0], self.conv.bias).to(u.dtype)
-        dt_low, B, C = self._ssm_inputs(x)
-        delta = F.linear(dt_low, self.dt_proj.weight)
         A = cached_for_steps(self, (self.A_log,), lambda: -torch.exp(self.A_log.float()))
-        y = selective_state_update(ssm_state, x, delta, A, B, C, self.D.float(),
-                                   z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        y = projected_state_update(ssm_state, x, z, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias.float(),
+                                   A, self.D.float())
         return self.out_proj(y), state

@@ -73,3 +73,23 @@ def selective_state_update(state, x, delta, A, B, C, D=None, z=None, delta_bias=
     kernels = triton_kernels.load("selective_scan") if x.is_cuda else None
     fn = kernels.selective_state_update if kernels else selective_state_update_ref
     return fn(state, x, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+def projected_state_update_ref(state, x, z, x_proj_weight, dt_proj_weight, dt_bias, A, D):
+    """Mamba's recurrent step from x itself: dt_low, B, C = x_proj(x), delta = dt_proj(dt_low),
+    then :func:`selective_state_update_ref` with dt_bias, softplus, D and the silu(z) gate.
+
+    state: (batch, d, n) fp32, updated in place; x, z: (batch, d); x_proj_weight: (R + 2n, d);
+    dt_proj_weight: (d, R); dt_bias, D: (d,); A: (d, n). Returns y: (batch, d) in x's dtype.
+    """
+    rank, n = dt_proj_weight.shape[1], A.shape[1]
+    dt_low, B, C = torch.split(F.linear(x, x_proj_weight), [rank, n, n], dim=-1)
+    delta = F.linear(dt_low, dt_proj_weight)
+    return selective_state_update_ref(state, x, delta, A, B, C, D, z, dt_bias, True)
+
+
+def projected_state_update(state, x, z, x_proj_weight, dt_proj_weight, dt_bias, A, D):
+    """Mamba's recurrent step in one kernel on CUDA when available; see :func:`projected_state_update_ref`."""
+    kernels = triton_kernels.load("selective_scan") if x.is_cuda else None
+    fn = kernels.projected_state_update if kernels else projected_state_update_ref
+    return fn(state, x, z, x_proj_weight, dt_proj_weight, dt_bias, A, D)

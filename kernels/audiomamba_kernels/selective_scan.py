@@ -309,6 +309,19 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 
 @triton.jit
+def _advance(state_ptr, b, d, n, d_ok, n_ok, n_ch, N, dt, x, A_ptr, Bv, Cv):
+    """h <- exp(dt A) h + dt x B for channels d (BLOCK,) of batch row b, the state updated in
+    place; returns <C, h> (BLOCK,)."""
+    ok = d_ok[:, None] & n_ok[None, :]
+    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=ok, other=0.0).to(tl.float32)
+    offsets = (b * n_ch + d[:, None]) * N + n[None, :]
+    h = tl.load(state_ptr + offsets, mask=ok, other=0.0)
+    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bv[None, :]
+    tl.store(state_ptr + offsets, h, mask=ok)
+    return tl.sum(h * Cv[None, :], axis=1)
+
+
+@triton.jit
 def _state_update(state_ptr, x_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, n_ch, N,
                   N_PAD: tl.constexpr, BLOCK: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
@@ -317,27 +330,56 @@ def _state_update(state_ptr, x_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr
     d = blk * BLOCK + tl.arange(0, BLOCK)
     n = tl.arange(0, N_PAD)
     d_ok, n_ok = d < n_ch, n < N
-    ok = d_ok[:, None] & n_ok[None, :]
     dt = tl.load(delta_ptr + b * n_ch + d, mask=d_ok, other=0.0).to(tl.float32)
     if HAS_BIAS:
         dt += tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
     if SOFTPLUS:
         dt = _softplus(dt)
     x = tl.load(x_ptr + b * n_ch + d, mask=d_ok, other=0.0).to(tl.float32)
-    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=ok, other=0.0).to(tl.float32)
     Bv = tl.load(B_ptr + b * N + n, mask=n_ok, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + b * N + n, mask=n_ok, other=0.0).to(tl.float32)
-    offsets = (b * n_ch + d[:, None]) * N + n[None, :]
-    h = tl.load(state_ptr + offsets, mask=ok, other=0.0)
-    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bv[None, :]
-    tl.store(state_ptr + offsets, h, mask=ok)
-    y = tl.sum(h * Cv[None, :], axis=1)
+    y = _advance(state_ptr, b, d, n, d_ok, n_ok, n_ch, N, dt, x, A_ptr, Bv, Cv)
     if HAS_D:
         y += tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) * x
     if HAS_Z:
         zz = tl.load(z_ptr + b * n_ch + d, mask=d_ok, other=0.0).to(tl.float32)
         y = y * zz * tl.sigmoid(zz)
     tl.store(y_ptr + b * n_ch + d, y.to(y_ptr.dtype.element_ty), mask=d_ok)
+
+
+@triton.jit
+def _projected_state_update(state_ptr, x_ptr, z_ptr, xp_ptr, dtw_ptr, bias_ptr, A_ptr, D_ptr, y_ptr, n_ch, N, R,
+                            N_PAD: tl.constexpr, R_PAD: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    """Mamba's step from x itself, for a block of channels: x_proj (dt_low, B, C from all of row
+    b's x, recomputed by each block: a few thousand multiply-adds), dt_proj and softplus, then the
+    update, D and the silu(z) gate."""
+    b, blk = tl.program_id(0), tl.program_id(1)
+    r, n = tl.arange(0, R_PAD), tl.arange(0, N_PAD)
+    r_ok, n_ok = r < R, n < N
+    dt_low = tl.zeros([R_PAD], dtype=tl.float32)
+    Bv = tl.zeros([N_PAD], dtype=tl.float32)
+    Cv = tl.zeros([N_PAD], dtype=tl.float32)
+    for e0 in range(0, n_ch, CHUNK):  # x_proj's rows: [0, R) dt_low, [R, R + N) B, [R + N, R + 2N) C
+        e = e0 + tl.arange(0, CHUNK)
+        e_ok = e < n_ch
+        xe = tl.load(x_ptr + b * n_ch + e, mask=e_ok, other=0.0).to(tl.float32)[None, :]
+        w_ok = n_ok[:, None] & e_ok[None, :]
+        dt_low += tl.sum(tl.load(xp_ptr + r[:, None] * n_ch + e[None, :], mask=r_ok[:, None] & e_ok[None, :],
+                                 other=0.0).to(tl.float32) * xe, axis=1)
+        Bv += tl.sum(tl.load(xp_ptr + (R + n[:, None]) * n_ch + e[None, :], mask=w_ok, other=0.0).to(tl.float32) * xe,
+                     axis=1)
+        Cv += tl.sum(tl.load(xp_ptr + (R + N + n[:, None]) * n_ch + e[None, :], mask=w_ok, other=0.0).to(tl.float32)
+                     * xe, axis=1)
+    d = blk * BLOCK + tl.arange(0, BLOCK)
+    d_ok = d < n_ch
+    w_dt = tl.load(dtw_ptr + d[:, None] * R + r[None, :], mask=d_ok[:, None] & r_ok[None, :], other=0.0)
+    dt = tl.sum(w_dt.to(tl.float32) * dt_low[None, :], axis=1) + tl.load(bias_ptr + d, mask=d_ok, other=0.0)
+    dt = _softplus(dt)
+    x = tl.load(x_ptr + b * n_ch + d, mask=d_ok, other=0.0).to(tl.float32)
+    y = _advance(state_ptr, b, d, n, d_ok, n_ok, n_ch, N, dt, x, A_ptr, Bv, Cv)
+    y += tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) * x
+    zz = tl.load(z_ptr + b * n_ch + d, mask=d_ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + b * n_ch + d, (y * zz * tl.sigmoid(zz)).to(y_ptr.dtype.element_ty), mask=d_ok)
 
 
 def selective_state_update(state, x, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
@@ -353,4 +395,20 @@ def selective_state_update(state, x, delta, A, B, C, D=None, z=None, delta_bias=
         state, x, delta, A, B, C, D if D is not None else x, z.contiguous() if z is not None else x,
         delta_bias if delta_bias is not None else x, y, n_ch, N, N_PAD=triton.next_power_of_2(N), BLOCK=block,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus)
+    return y
+
+
+def projected_state_update(state, x, z, x_proj_weight, dt_proj_weight, dt_bias, A, D):
+    """Mamba's recurrent step from x, fused; arguments and results as ``projected_state_update_ref``."""
+    if state.dtype != torch.float32 or not state.is_contiguous():
+        raise ValueError("the scan state must be a contiguous fp32 tensor (it is updated in place)")
+    batch, n_ch = x.shape
+    N, R = A.shape[1], dt_proj_weight.shape[1]
+    x, z, x_proj_weight, dt_proj_weight, A = (t.contiguous() for t in (x, z, x_proj_weight, dt_proj_weight, A))
+    y = torch.empty_like(x)
+    block = min(64, triton.next_power_of_2(n_ch))
+    _projected_state_update[(batch, triton.cdiv(n_ch, block))](
+        state, x, z, x_proj_weight, dt_proj_weight, dt_bias.float().contiguous(), A, D.contiguous(), y, n_ch, N, R,
+        N_PAD=triton.next_power_of_2(N), R_PAD=max(2, triton.next_power_of_2(R)), BLOCK=block,
+        CHUNK=min(128, triton.next_power_of_2(n_ch)))
     return y
