@@ -4,13 +4,15 @@
 
 Uses a randomly initialised model (speed does not depend on the weights) and the same
 ``generate`` that ``audiomamba sample`` runs; on CUDA, with and without CUDA graphs. The time per
-sample step is the steady state: the difference between generating ``2 * samples`` and
-``samples`` per clip, divided by ``samples``. That leaves out the fixed set-up of a call (state
-allocation, warm-up, graph capture), which is printed on its own.
+sample step is the steady state: ``generate`` reports progress every 256 samples, and the bench
+(synchronising the GPU there) takes the median time of those 256-sample stretches, the first one
+left out. The first stretch also holds the set-up of a call (state allocation, warm-up, graph
+capture), printed apart as its excess over the median.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -24,7 +26,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("recipe")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--samples", type=int, default=512, help="samples generated per clip while timing")
+    parser.add_argument("--samples", type=int, default=2048, help="samples per clip while timing (>= 768)")
+    parser.add_argument("--modes", nargs="+", choices=["graphs", "eager"], default=["graphs", "eager"],
+                        help="on CUDA: with CUDA graphs, eager, or both")
     parser.add_argument("--set", nargs="*", default=[], help="recipe overrides")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -36,25 +40,31 @@ def main() -> None:
     print(f"device: {name}; {args.recipe} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {rate} Hz)\n")
     print("| batch | mode | us per sample step | generated samples/s | real-time factor | set-up s |")
     print("| --- | --- | --- | --- | --- | --- |")
-    modes = [("cuda graphs", True), ("eager", False)] if device.type == "cuda" else [("eager", False)]
+    modes = [("cuda graphs", True)] * ("graphs" in args.modes) + [("eager", False)] * ("eager" in args.modes)
+    if device.type != "cuda":
+        modes = [("eager", False)]
 
-    def seconds(batch: int, length: int, graphs: bool) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        generate(model, batch, length, batch_size=batch, cuda_graphs=graphs)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
+    def stretch_seconds(batch: int, graphs: bool) -> list[float]:
+        """Wall seconds of each 256-sample stretch of one generate call."""
+        marks = [time.perf_counter()]
+
+        def mark(*_):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            marks.append(time.perf_counter())
+
+        generate(model, batch, args.samples, batch_size=batch, cuda_graphs=graphs, on_progress=mark)
+        return [b - a for a, b in zip(marks, marks[1:])]
 
     for batch in args.batch:
         for mode, graphs in modes:
-            seconds(batch, 2 * model.backbone.stride, graphs)  # warm-up (autotuning, allocator)
-            short, long = seconds(batch, args.samples, graphs), seconds(batch, 2 * args.samples, graphs)
-            per_step = (long - short) / args.samples
-            setup = short - per_step * args.samples
+            generate(model, batch, 2 * model.backbone.stride, batch_size=batch, cuda_graphs=graphs)  # warm-up
+            stretches = stretch_seconds(batch, graphs)
+            per_step = statistics.median(stretches[1:-1]) / 256  # the last stretch may be short
+            setup = stretches[0] - 256 * per_step
             print(f"| {batch} | {mode} | {per_step * 1e6:,.0f} | {batch / per_step:,.0f} | "
                   f"{batch / per_step / rate:.3f}x | {setup:.2f} |", flush=True)
+
 
 if __name__ == "__main__":
     main()
