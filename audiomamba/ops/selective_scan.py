@@ -3,7 +3,8 @@
     h[t] = exp(delta[t] * A) * h[t-1] + delta[t] * B[t] * u[t]        (per channel d, state n)
     y[t] = <C[t], h[t]> + D * u[t],   then  y[t] *= silu(z[t])  when z is given
 
-``selective_scan`` and ``selective_state_update`` dispatch to the Triton kernels for CUDA tensors
+``selective_scan``, ``selective_state_update`` and ``projected_state_update`` (Mamba's whole SSM
+step, its projections included) dispatch to the Triton kernels for CUDA tensors
 when they are importable, and to the pure-PyTorch references here otherwise (CPU, or
 ``AUDIOMAMBA_SCAN=reference``). The references are the test oracle for the kernels.
 """
