@@ -37,16 +37,15 @@ class Generation:
     problems: dict[int, str] = field(default_factory=dict)  # clip index -> why it stopped early
 
 
-def gumbel_noise(shape, generator: torch.Generator, device) -> torch.Tensor:
-    """Standard Gumbel noise, -log(-log(U)) for U uniform in (0, 1)."""
-    uniform = torch.rand(shape, generator=generator, device=device).clamp_(min=1e-20)
-    return uniform.log_().neg_().log_().neg_()
+def gumbel_(noise: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Fill ``noise`` in place with standard Gumbel noise, -log(-log(U)) for U uniform in (0, 1)."""
+    return noise.uniform_(generator=generator).clamp_(min=1e-20).log_().neg_().log_().neg_()
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gumbel: torch.Tensor) -> torch.Tensor:
     """Draw one token per row of logits (batch, 256) with temperature and nucleus (top-p) sampling.
 
-    gumbel: (batch, 256) Gumbel noise (``gumbel_noise``). Gumbel-max (argmax of logits/T plus
+    gumbel: (batch, 256) Gumbel noise (``gumbel_``). Gumbel-max (argmax of logits/T plus
     Gumbel noise) draws from the softmax without a host sync, so a whole sampling step can live
     in a CUDA graph.
     """
@@ -103,7 +102,7 @@ class SampleLoop:
 
     def draw_noise(self) -> None:
         """Fresh Gumbel noise for the next ``stride`` samples."""
-        self.noise.copy_(gumbel_noise(self.noise.shape, self.generator, self.noise.device))
+        gumbel_(self.noise, self.generator)
 
     def capture(self) -> None:
         """Record one CUDA graph per residue, after a warm-up that allocates and autotunes. What the
