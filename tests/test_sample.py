@@ -26,6 +26,14 @@ def test_same_seed_gives_identical_clips_and_another_seed_does_not(model):
     assert not torch.equal(a.tokens, c.tokens)
 
 
+def test_results_are_ordinary_tensors_and_the_onednn_switch_is_restored(model):
+    before = torch.backends.mkldnn.enabled
+    gen = generate(model, 2, 20, seed=0, label=1)
+    assert torch.backends.mkldnn.enabled == before
+    assert not gen.tokens.is_inference() and not gen.loglik_bits.is_inference()
+    gen.tokens[0, 0] = 3  # usable anywhere, in place too
+
+
 def test_prefix_is_returned_unchanged_at_the_start(model):
     prefix = torch.randint(0, 256, (17,), dtype=torch.uint8)
     gen = generate(model, 2, 30, prefix=prefix, seed=0)
