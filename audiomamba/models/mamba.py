@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from audiomamba.models.step_cache import cached_for_steps
-from audiomamba.ops.causal_conv import causal_conv_step
+from audiomamba.ops.causal_conv import in_proj_conv_step
 from audiomamba.ops.selective_scan import projected_state_update, selective_scan
 
 
@@ -65,12 +65,16 @@ class MambaBlock(nn.Module):
         return (torch.zeros(batch, E, self.conv.kernel_size[0], device=device),
                 torch.zeros(batch, E, N, device=device))
 
-    def step(self, u: torch.Tensor, state):
-        """u: (batch, H) -> (batch, H); the state tensors are updated in place and returned."""
+    def step(self, u: torch.Tensor, state, norm: nn.LayerNorm | None = None):
+        """u: (batch, H) -> (batch, H); the state tensors are updated in place and returned.
+
+        With ``norm``, u is the residual stream and the step returns u + block(norm(u)): the
+        residual block's step, with the norm fused into the first of its kernels on CUDA."""
         conv_buf, ssm_state = state
-        x, z = self.in_proj(u).chunk(2, dim=-1)
-        x = causal_conv_step(conv_buf, x, self.conv.weight[:, 0], self.conv.bias).to(u.dtype)
+        fused_norm = (norm.weight, norm.bias, norm.eps) if norm is not None else (None, None, 0.0)
+        x, z = in_proj_conv_step(u, conv_buf, self.in_proj.weight, self.conv.weight[:, 0], self.conv.bias, *fused_norm)
         A = cached_for_steps(self, (self.A_log,), lambda: -torch.exp(self.A_log.float()))
         y = projected_state_update(ssm_state, x, z, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias.float(),
                                    A, self.D.float())
-        return self.out_proj(y), state
+        out = self.out_proj(y)
+        return (out if norm is None else u + out), state

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from audiomamba.models.mamba import MambaBlock
+
 
 class ResidualBlock(nn.Module):
     """Wraps any block with ``forward``, ``initial_state`` and ``step``; shapes are the block's."""
@@ -21,5 +23,7 @@ class ResidualBlock(nn.Module):
         return self.block.initial_state(batch, device)
 
     def step(self, x: torch.Tensor, state):
+        if isinstance(self.block, MambaBlock):  # it fuses the norm and the residual add into its step's kernels
+            return self.block.step(x, state, norm=self.norm)
         y, state = self.block.step(self.norm(x), state)
         return x + y, state

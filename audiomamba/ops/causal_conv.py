@@ -1,9 +1,11 @@
-"""The causal depthwise convolution's generation step, as Mamba uses it before its scan.
+"""Mamba's generation step up to its scan: the optional pre-norm, in_proj, and the causal
+depthwise conv's step with silu.
 
-    conv_buf <- [conv_buf[..., 1:], x];   y = silu(sum_k conv_buf[..., k] * weight[:, k] + bias)
+    u <- LayerNorm(u) (when the block's residual norm is fused in);   x, z = in_proj(u)
+    conv_buf <- [conv_buf[..., 1:], x];   x = silu(sum_k conv_buf[..., k] * weight[:, k] + bias)
 
-``causal_conv_step`` runs one Triton kernel for CUDA tensors when the kernels are importable
-(instead of the seven small kernels of the PyTorch version) and the reference here otherwise.
+``in_proj_conv_step`` runs one Triton kernel for CUDA tensors when the kernels are importable
+(instead of a norm, a GEMM and the conv's seven small kernels) and the reference here otherwise.
 """
 from __future__ import annotations
 
@@ -22,8 +24,21 @@ def causal_conv_step_ref(conv_buf: torch.Tensor, x: torch.Tensor, weight: torch.
     return F.silu((conv_buf * weight).sum(-1) + bias)
 
 
-def causal_conv_step(conv_buf, x, weight, bias):
-    """One step (kernel on CUDA when available); see :func:`causal_conv_step_ref`."""
-    kernels = triton_kernels.load("causal_conv") if x.is_cuda else None
-    fn = kernels.causal_conv_step if kernels else causal_conv_step_ref
-    return fn(conv_buf, x, weight, bias)
+def in_proj_conv_step_ref(u: torch.Tensor, conv_buf: torch.Tensor, in_proj_weight: torch.Tensor,
+                          conv_weight: torch.Tensor, conv_bias: torch.Tensor, norm_weight: torch.Tensor | None = None,
+                          norm_bias: torch.Tensor | None = None, norm_eps: float = 1e-5):
+    """u: (batch, H); conv_buf: (batch, E, width), updated in place; in_proj_weight: (2E, H);
+    conv_weight: (E, width); conv_bias: (E,); norm_weight, norm_bias: (H,) for a LayerNorm first,
+    or None. Returns (x, z), each (batch, E) in u's dtype: the conv's output after silu, and the gate."""
+    if norm_weight is not None:
+        u = F.layer_norm(u, u.shape[-1:], norm_weight, norm_bias, norm_eps)
+    x, z = F.linear(u, in_proj_weight).chunk(2, dim=-1)
+    return causal_conv_step_ref(conv_buf, x, conv_weight, conv_bias).to(u.dtype), z
+
+
+def in_proj_conv_step(u, conv_buf, in_proj_weight, conv_weight, conv_bias, norm_weight=None, norm_bias=None,
+                      norm_eps=1e-5):
+    """One step (one kernel on CUDA when available); see :func:`in_proj_conv_step_ref`."""
+    kernels = triton_kernels.load("causal_conv") if u.is_cuda else None
+    fn = kernels.in_proj_conv_step if kernels else in_proj_conv_step_ref
+    return fn(u, conv_buf, in_proj_weight, conv_weight, conv_bias, norm_weight, norm_bias, norm_eps)

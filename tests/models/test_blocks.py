@@ -35,6 +35,15 @@ def test_stepping_equals_the_parallel_forward(kind):
     assert ((got - want).norm() / want.norm()).item() < 1e-5
 
 
+def test_mamba_step_given_the_norm_is_the_whole_residual_step():
+    block = make_block("mamba", 12, CFG).eval()  # the residual wrapper's norm and add, fused in the block
+    x = torch.randn(3, 12)
+    with torch.no_grad():
+        fused = block.block.step(x, block.initial_state(3), norm=block.norm)[0]
+        plain = x + block.block.step(block.norm(x), block.initial_state(3))[0]
+    torch.testing.assert_close(fused, plain)
+
+
 def test_s4d_keeps_its_eigenvalues_in_the_left_half_plane_whatever_the_parameters():
     block = make_block("s4d", 4, CFG).block
     with torch.no_grad():
