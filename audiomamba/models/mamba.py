@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from audiomamba.models.step_cache import cached_for_steps
 from audiomamba.ops.causal_conv import in_proj_conv_step
+from audiomamba.ops.residual_linear import residual_linear
 from audiomamba.ops.selective_scan import projected_state_update, selective_scan
 
 
@@ -69,12 +70,13 @@ class MambaBlock(nn.Module):
         """u: (batch, H) -> (batch, H); the state tensors are updated in place and returned.
 
         With ``norm``, u is the residual stream and the step returns u + block(norm(u)): the
-        residual block's step, with the norm fused into the first of its kernels on CUDA."""
+        residual block's step, with the norm fused into its first kernel on CUDA and the add into its last."""
         conv_buf, ssm_state = state
         fused_norm = (norm.weight, norm.bias, norm.eps) if norm is not None else (None, None, 0.0)
         x, z = in_proj_conv_step(u, conv_buf, self.in_proj.weight, self.conv.weight[:, 0], self.conv.bias, *fused_norm)
         A = cached_for_steps(self, (self.A_log,), lambda: -torch.exp(self.A_log.float()))
         y = projected_state_update(ssm_state, x, z, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias.float(),
                                    A, self.D.float())
-        out = self.out_proj(y)
-        return (out if norm is None else u + out), state
+        if norm is None:
+            return self.out_proj(y), state
+        return residual_linear(u, y, self.out_proj.weight), state

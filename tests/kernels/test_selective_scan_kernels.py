@@ -148,16 +148,16 @@ def test_fused_state_update_matches_the_reference_step(d, n, with_options):
     assert rel_err(y, y_ref) <= 1e-5 and rel_err(state, state_ref) <= 1e-5
 
 
-@pytest.mark.parametrize("d, n, rank", [(5, 4, 1), (40, 16, 3), (130, 16, 9)] +
-                         ([(128, 16, 4), (512, 16, 16), (256, 64, 8)] if torch.cuda.is_available() else []))
-def test_projected_state_update_matches_the_reference_step(d, n, rank):
+@pytest.mark.parametrize("batch, d, n, rank", [(3, 5, 4, 1), (20, 40, 16, 3), (3, 130, 16, 9)] +
+                         ([(1, 128, 16, 4), (256, 128, 16, 4), (33, 512, 16, 16), (256, 256, 64, 8)]
+                          if torch.cuda.is_available() else []))
+def test_projected_state_update_matches_the_reference_step(batch, d, n, rank):
     """Mamba's whole SSM step (x_proj, dt_proj, softplus, update, D, gate) in one kernel."""
     g = torch.Generator().manual_seed(torch.seed() % 2**31)
 
     def rand(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).to(DEVICE)
 
-    batch = 3
     args = (rand(batch, d), rand(batch, d), rand(rank + 2 * n, d, scale=d**-0.5), rand(d, rank, scale=rank**-0.5),
             rand(d, scale=0.5), -torch.rand(d, n, generator=g).to(DEVICE) * 4 - 0.1, rand(d))
     state = rand(batch, d, n)
