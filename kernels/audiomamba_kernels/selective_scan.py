@@ -352,10 +352,22 @@ def _projected_state_update(state_ptr, x_ptr, z_ptr, xp_ptr, dtw_ptr, bias_ptr, 
                             N_PAD: tl.constexpr, R_PAD: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     """Mamba's step from x itself, for a block of channels: x_proj (dt_low, B, C from all of row
     b's x, recomputed by each block: a few thousand multiply-adds), dt_proj and softplus, then the
-    update, D and the silu(z) gate."""
+    update, D and the silu(z) gate. Everything that does not depend on x_proj is loaded first, so
+    that those loads overlap its reduction (at batch 1 the kernel is latency-bound)."""
     b, blk = tl.program_id(0), tl.program_id(1)
     r, n = tl.arange(0, R_PAD), tl.arange(0, N_PAD)
     r_ok, n_ok = r < R, n < N
+    d = blk * BLOCK + tl.arange(0, BLOCK)
+    d_ok = d < n_ch
+    ok = d_ok[:, None] & n_ok[None, :]
+    offsets = (b * n_ch + d[:, None]) * N + n[None, :]
+    h = tl.load(state_ptr + offsets, mask=ok, other=0.0)
+    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=ok, other=0.0).to(tl.float32)
+    w_dt = tl.load(dtw_ptr + d[:, None] * R + r[None, :], mask=d_ok[:, None] & r_ok[None, :], other=0.0)
+    bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0)
+    x = tl.load(x_ptr + b * n_ch + d, mask=d_ok, other=0.0).to(tl.float32)
+    zz = tl.load(z_ptr + b * n_ch + d, mask=d_ok, other=0.0).to(tl.float32)
+    D = tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
     dt_low = tl.zeros([R_PAD], dtype=tl.float32)
     Bv = tl.zeros([N_PAD], dtype=tl.float32)
     Cv = tl.zeros([N_PAD], dtype=tl.float32)
@@ -370,15 +382,10 @@ def _projected_state_update(state_ptr, x_ptr, z_ptr, xp_ptr, dtw_ptr, bias_ptr, 
                      axis=1)
         Cv += tl.sum(tl.load(xp_ptr + (R + N + n[:, None]) * n_ch + e[None, :], mask=w_ok, other=0.0).to(tl.float32)
                      * xe, axis=1)
-    d = blk * BLOCK + tl.arange(0, BLOCK)
-    d_ok = d < n_ch
-    w_dt = tl.load(dtw_ptr + d[:, None] * R + r[None, :], mask=d_ok[:, None] & r_ok[None, :], other=0.0)
-    dt = tl.sum(w_dt.to(tl.float32) * dt_low[None, :], axis=1) + tl.load(bias_ptr + d, mask=d_ok, other=0.0)
-    dt = _softplus(dt)
-    x = tl.load(x_ptr + b * n_ch + d, mask=d_ok, other=0.0).to(tl.float32)
-    y = _advance(state_ptr, b, d, n, d_ok, n_ok, n_ch, N, dt, x, A_ptr, Bv, Cv)
-    y += tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) * x
-    zz = tl.load(z_ptr + b * n_ch + d, mask=d_ok, other=0.0).to(tl.float32)
+    dt = _softplus(tl.sum(w_dt.to(tl.float32) * dt_low[None, :], axis=1) + bias)
+    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bv[None, :]
+    tl.store(state_ptr + offsets, h, mask=ok)
+    y = tl.sum(h * Cv[None, :], axis=1) + D * x
     tl.store(y_ptr + b * n_ch + d, (y * zz * tl.sigmoid(zz)).to(y_ptr.dtype.element_ty), mask=d_ok)
 
 
