@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from audiomamba.data.mulaw import SILENCE, mulaw_decode
 from audiomamba.models.lm import WaveformLM
+from audiomamba.ops import triton_kernels
 
 
 @dataclass
@@ -135,27 +136,45 @@ class SampleLoop:
 
     def _sample(self, residue: int) -> None:
         logits = self.model.step(self.model_input, self.state, self.labels)[0].float()
-        if self.guided:  # rows conditioned, then the same rows with "no label"
-            logits, uncond = logits.chunk(2)
-            sampling = uncond + self.guidance * (logits - uncond)
-            finite = torch.isfinite(logits).all(-1) & torch.isfinite(sampling).all(-1)
-        else:
-            sampling = logits
-            finite = torch.isfinite(logits).all(-1)
-        self.failed_at.copy_(torch.where(self.alive & ~finite, self.t, self.failed_at))
-        self.alive &= finite
-        logits = torch.where(self.alive[:, None], logits, 0.0)
-        sampling = torch.where(self.alive[:, None], sampling, 0.0) if self.guided else logits
-        nxt = sample_next(sampling, self.temperature, self.top_p, self.noise[residue])
-        if self.prefix is not None:  # teacher-force the prefix while t < its length
-            forced = self.prefix[self.t.clamp(max=len(self.prefix) - 1)].expand_as(nxt)
-            nxt = torch.where(self.t < len(self.prefix), forced, nxt)
-        nxt = torch.where(self.alive, nxt, SILENCE)
-        logp = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]
-        self.loglik += torch.where(self.alive, logp.double(), 0.0)
-        self.tokens.index_copy_(1, self.t, nxt.to(torch.uint8)[:, None])
-        self.model_input.copy_(torch.cat([nxt, nxt]) if self.guided else nxt)
+        kernels = triton_kernels.load("sample_tail") if logits.is_cuda and self.top_p == 1.0 else None
+        tail = kernels.sample_tail if kernels else sample_tail_ref
+        tail(logits, self.noise[residue], self.alive, self.failed_at, self.t, self.tokens, self.loglik,
+             self.model_input, self.prefix, self.temperature, self.top_p, self.guidance)
         self.t += 1
+
+
+def sample_tail_ref(logits: torch.Tensor, gumbel: torch.Tensor, alive: torch.Tensor, failed_at: torch.Tensor,
+                    t: torch.Tensor, tokens: torch.Tensor, loglik: torch.Tensor, model_input: torch.Tensor,
+                    prefix: torch.Tensor | None, temperature: float, top_p: float, guidance: float) -> None:
+    """Everything a sampling step does after the model, for rows clips, in place and with no host sync.
+
+    logits: (rows, 256) fp32, or (2 rows, 256) when guided (conditioned rows, then unconditioned);
+    gumbel: (rows, 256) noise; alive (rows,) bool and failed_at (rows,) long: the non-finite
+    guard; t: (1,) the sample being made; tokens: (rows, length) uint8, column t is written;
+    loglik: (rows,) fp64, the model's own log-likelihood is added; model_input: (rows,) or
+    (2 rows,) long, set to the drawn tokens; prefix: (P,) long tokens forced while t < P, or None.
+    On CUDA, ``audiomamba_kernels.sample_tail`` does this in one kernel (top_p = 1 only)."""
+    guided = guidance != 1.0
+    if guided:
+        logits, uncond = logits.chunk(2)
+        sampling = uncond + guidance * (logits - uncond)
+        finite = torch.isfinite(logits).all(-1) & torch.isfinite(sampling).all(-1)
+    else:
+        sampling = logits
+        finite = torch.isfinite(logits).all(-1)
+    failed_at.copy_(torch.where(alive & ~finite, t, failed_at))
+    alive &= finite
+    logits = torch.where(alive[:, None], logits, 0.0)
+    sampling = torch.where(alive[:, None], sampling, 0.0) if guided else logits
+    nxt = sample_next(sampling, temperature, top_p, gumbel)
+    if prefix is not None:  # teacher-force the prefix while t < its length
+        forced = prefix[t.clamp(max=len(prefix) - 1)].expand_as(nxt)
+        nxt = torch.where(t < len(prefix), forced, nxt)
+    nxt = torch.where(alive, nxt, SILENCE)
+    logp = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]
+    loglik += torch.where(alive, logp.double(), 0.0)
+    tokens.index_copy_(1, t, nxt.to(torch.uint8)[:, None])
+    model_input.copy_(torch.cat([nxt, nxt]) if guided else nxt)
 
 
 @contextlib.contextmanager
