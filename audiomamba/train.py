@@ -172,6 +172,8 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True) -> Path:
               f"device {device}, {world} process(es)", file=sys.stderr)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if distributed else model
+    if cfg.compile:  # training steps only: checkpoints, EMA and validation keep the plain model
+        net = torch.compile(net)
     use_bf16 = cfg.bf16 and device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
     logger = _Logger(run_dir) if is_main else None

@@ -3,7 +3,8 @@
     PYTHONPATH=.:kernels python bench/train_throughput.py recipes/sc09_mamba.yaml recipes/sc09_sashimi.yaml
 
 Times full optimizer steps (forward, backward, AdamW) on random tokens at the recipe's batch size
-and clip length, with bf16 autocast on CUDA as training uses, and prints a Markdown table.
+and clip length, with bf16 autocast on CUDA as training uses (and torch.compile when the recipe
+sets train.compile; warm-up steps include the compilation), and prints a Markdown table.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from audiomamba.models.lm import WaveformLM
 def measure(recipe_path: str, overrides: list[str], device: torch.device, steps: int, warmup: int) -> dict:
     recipe = load_recipe(recipe_path, overrides)
     model = WaveformLM(recipe.model).to(device)
+    forward = torch.compile(model) if recipe.train.compile else model  # as train() does
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch, length = recipe.train.batch_size, recipe.data.clip_samples
     tokens = torch.randint(0, 256, (batch, length), device=device)
@@ -29,7 +31,7 @@ def measure(recipe_path: str, overrides: list[str], device: torch.device, steps:
 
     def step():
         with autocast:
-            logits = model(tokens, labels)
+            logits = forward(tokens, labels)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -27,6 +27,21 @@ def test_a_few_steps_lower_the_loss_and_leave_a_loadable_checkpoint(tiny_recipe,
     assert recipe.model.n_classes == 10
 
 
+@pytest.mark.slow
+def test_compiled_training_follows_the_eager_run(tiny_recipe, tmp_path):
+    steps = ["train.max_steps=3", "train.ckpt_every=1000", "model.outer=[mlp]"]  # a small graph: compiling is slow
+    train(load_recipe(tiny_recipe, steps + [f"train.out_dir={tmp_path / 'eager'}"]), progress=False)
+    torch._dynamo.reset()
+    train(load_recipe(tiny_recipe, steps + [f"train.out_dir={tmp_path / 'compiled'}", "train.compile=true"]),
+          progress=False)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
+    eager, compiled = (load_file(str(resolve_checkpoint(tmp_path / run) / "model.safetensors"))
+                       for run in ("eager", "compiled"))
+    assert eager.keys() == compiled.keys()  # saved from the plain model: no "_orig_mod." prefixes
+    for name in eager:  # three AdamW steps from the same start; only the order of float sums differs
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-3, atol=1e-4)
+
+
 def test_batches_are_a_function_of_seed_and_step_and_cover_each_epoch():
     first = torch.cat([global_batch_indices(10, 3, s, seed=1) for s in range(3)])
     assert len(set(first.tolist())) == 9  # one epoch: no repeats, the tail dropped
