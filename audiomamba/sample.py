@@ -289,8 +289,9 @@ def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, te
             seeds += [batch_seed] * rows
             generator = torch.Generator(device).manual_seed(batch_seed)
             labels = None
-            if any(c is not None for c in clip_labels[start:start + rows]):
-                labels = torch.tensor([model.cfg.n_classes if c is None else c for c in clip_labels[start:start + rows]],
+            batch_labels = clip_labels[start:start + rows]
+            if any(c is not None for c in batch_labels):
+                labels = torch.tensor([model.cfg.n_classes if c is None else c for c in batch_labels],
                                       dtype=torch.long, device=device)
             if guided:  # the same clips twice: conditioned, then with "no label"
                 labels = torch.cat([labels, torch.full_like(labels, model.cfg.n_classes)])
