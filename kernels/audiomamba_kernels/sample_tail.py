@@ -10,7 +10,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-SILENCE = 128  # audiomamba.data.mulaw.SILENCE
+from audiomamba.data.mulaw import SILENCE
 
 
 @triton.jit
