@@ -309,13 +309,18 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 
 @triton.jit
-def _advance(state_ptr, b, d, n, d_ok, n_ok, n_ch, N, dt, x, A_ptr, Bv, Cv):
-    """h <- exp(dt A) h + dt x B for channels d (BLOCK,) of batch row b, the state updated in
-    place; returns <C, h> (BLOCK,)."""
+def _load_state(state_ptr, A_ptr, b, d, n, d_ok, n_ok, n_ch, N):
+    """The state h (BLOCK, n) of channels d of batch row b, their A, and where h lives."""
     ok = d_ok[:, None] & n_ok[None, :]
-    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=ok, other=0.0).to(tl.float32)
     offsets = (b * n_ch + d[:, None]) * N + n[None, :]
     h = tl.load(state_ptr + offsets, mask=ok, other=0.0)
+    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=ok, other=0.0).to(tl.float32)
+    return h, A, offsets, ok
+
+
+@triton.jit
+def _advance(state_ptr, offsets, ok, h, A, dt, x, Bv, Cv):
+    """h <- exp(dt A) h + dt x B, stored in place; returns <C, h> (BLOCK,)."""
     h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bv[None, :]
     tl.store(state_ptr + offsets, h, mask=ok)
     return tl.sum(h * Cv[None, :], axis=1)
@@ -338,7 +343,8 @@ def _state_update(state_ptr, x_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr
     x = tl.load(x_ptr + b * n_ch + d, mask=d_ok, other=0.0).to(tl.float32)
     Bv = tl.load(B_ptr + b * N + n, mask=n_ok, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + b * N + n, mask=n_ok, other=0.0).to(tl.float32)
-    y = _advance(state_ptr, b, d, n, d_ok, n_ok, n_ch, N, dt, x, A_ptr, Bv, Cv)
+    h, A, offsets, ok = _load_state(state_ptr, A_ptr, b, d, n, d_ok, n_ok, n_ch, N)
+    y = _advance(state_ptr, offsets, ok, h, A, dt, x, Bv, Cv)
     if HAS_D:
         y += tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) * x
     if HAS_Z:
@@ -359,10 +365,7 @@ def _projected_state_update(state_ptr, x_ptr, z_ptr, xp_ptr, dtw_ptr, bias_ptr, 
     r_ok, n_ok = r < R, n < N
     d = blk * BLOCK + tl.arange(0, BLOCK)
     d_ok = d < n_ch
-    ok = d_ok[:, None] & n_ok[None, :]
-    offsets = (b * n_ch + d[:, None]) * N + n[None, :]
-    h = tl.load(state_ptr + offsets, mask=ok, other=0.0)
-    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=ok, other=0.0).to(tl.float32)
+    h, A, offsets, ok = _load_state(state_ptr, A_ptr, b, d, n, d_ok, n_ok, n_ch, N)
     w_dt = tl.load(dtw_ptr + d[:, None] * R + r[None, :], mask=d_ok[:, None] & r_ok[None, :], other=0.0)
     bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0)
     x = tl.load(x_ptr + b * n_ch + d, mask=d_ok, other=0.0).to(tl.float32)
@@ -383,9 +386,7 @@ def _projected_state_update(state_ptr, x_ptr, z_ptr, xp_ptr, dtw_ptr, bias_ptr, 
         Cv += tl.sum(tl.load(xp_ptr + (R + N + n[:, None]) * n_ch + e[None, :], mask=w_ok, other=0.0).to(tl.float32)
                      * xe, axis=1)
     dt = _softplus(tl.sum(w_dt.to(tl.float32) * dt_low[None, :], axis=1) + bias)
-    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bv[None, :]
-    tl.store(state_ptr + offsets, h, mask=ok)
-    y = tl.sum(h * Cv[None, :], axis=1) + D * x
+    y = _advance(state_ptr, offsets, ok, h, A, dt, x, Bv, Cv) + D * x
     tl.store(y_ptr + b * n_ch + d, (y * zz * tl.sigmoid(zz)).to(y_ptr.dtype.element_ty), mask=d_ok)
 
 
