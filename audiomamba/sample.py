@@ -53,7 +53,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gumbel: 
     """
     if temperature <= 0:
         return logits.argmax(-1)
-    scaled = logits.float() / temperature
+    scaled = logits if temperature == 1.0 else logits / temperature
     if top_p < 1.0:
         probs = torch.softmax(scaled, dim=-1)
         sorted_probs, order = probs.sort(dim=-1, descending=True)
@@ -162,18 +162,17 @@ def sample_tail_ref(logits: torch.Tensor, gumbel: torch.Tensor, alive: torch.Ten
     else:
         sampling = logits
         finite = torch.isfinite(logits).all(-1)
-    failed_at.copy_(torch.where(alive & ~finite, t, failed_at))
+    torch.where(alive > finite, t, failed_at, out=failed_at)  # alive > finite: alive and not finite
     alive &= finite
-    logits = torch.where(alive[:, None], logits, 0.0)
-    sampling = torch.where(alive[:, None], sampling, 0.0) if guided else logits
+    # A stopped row still draws and scores (from non-finite logits), but only SILENCE and 0 are kept.
     nxt = sample_next(sampling, temperature, top_p, gumbel)
     if prefix is not None:  # teacher-force the prefix while t < its length
         forced = prefix[t.clamp(max=len(prefix) - 1)].expand_as(nxt)
         nxt = torch.where(t < len(prefix), forced, nxt)
     nxt = torch.where(alive, nxt, SILENCE)
-    logp = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]
-    loglik += torch.where(alive, logp.double(), 0.0)
-    tokens.index_copy_(1, t, nxt.to(torch.uint8)[:, None])
+    logp = torch.log_softmax(logits, -1).gather(-1, nxt.unsqueeze(1)).squeeze(1)
+    loglik.add_(torch.where(alive, logp, 0.0))  # accumulated in fp64
+    tokens.index_copy_(1, t, nxt.to(torch.uint8).unsqueeze(1))
     model_input.copy_(torch.cat([nxt, nxt]) if guided else nxt)
 
 

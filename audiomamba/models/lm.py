@@ -39,12 +39,12 @@ class WaveformLM(nn.Module):
 
     def _input(self, prev_tokens: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings plus label embeddings; None labels mean "no label"."""
-        x = self.embed(prev_tokens.long())
+        x = self.embed.forward(prev_tokens.long())
         if self.label_embed is None:
             return x
         if labels is None:
             labels = torch.full(prev_tokens.shape[:1], self.cfg.n_classes, dtype=torch.long, device=x.device)
-        label_vectors = self.label_embed(labels.to(x.device))
+        label_vectors = self.label_embed.forward(labels.to(x.device))
         return x + (label_vectors[:, None] if x.dim() == 3 else label_vectors)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,7 +67,7 @@ class WaveformLM(nn.Module):
         Labels are not range-checked here (``check_labels`` syncs with the GPU); callers check once.
         """
         h, state = self.backbone.step(self._input(prev_token, labels), state)
-        return self.head(self.norm(h)), state
+        return self.head.forward(self.norm.forward(h)), state
 
 
 def nll_bits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -74,7 +74,7 @@ class MambaBlock(nn.Module):
         conv_buf, ssm_state = state
         fused_norm = (norm.weight, norm.bias, norm.eps) if norm is not None else (None, None, 0.0)
         x, z = in_proj_conv_step(u, conv_buf, self.in_proj.weight, self.conv.weight[:, 0], self.conv.bias, *fused_norm)
-        A = cached_for_steps(self, (self.A_log,), lambda: -torch.exp(self.A_log.float()))
+        A = cached_for_steps(self, lambda: -torch.exp(self.A_log.float()))
         y = projected_state_update(ssm_state, x, z, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias.float(),
                                    A, self.D.float())
         if norm is None:

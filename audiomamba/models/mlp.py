@@ -15,7 +15,7 @@ class MLPBlock(nn.Module):
         self.fc_out = nn.Linear(expand * d_model, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_out(F.gelu(self.fc_in(x)))
+        return self.fc_out.forward(F.gelu(self.fc_in.forward(x)))
 
     def initial_state(self, batch: int, device=None) -> None:
         return None

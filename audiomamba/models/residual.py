@@ -23,7 +23,8 @@ class ResidualBlock(nn.Module):
         return self.block.initial_state(batch, device)
 
     def step(self, x: torch.Tensor, state):
-        if isinstance(self.block, MambaBlock):  # it fuses the norm and the residual add into its step's kernels
-            return self.block.step(x, state, norm=self.norm)
-        y, state = self.block.step(self.norm(x), state)
+        block = self.block
+        if isinstance(block, MambaBlock):  # it fuses the norm and the residual add into its step's kernels
+            return block.step(x, state, norm=self.norm)
+        y, state = block.step(self.norm.forward(x), state)
         return x + y, state

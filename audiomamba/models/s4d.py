@@ -7,7 +7,9 @@ parameterisation), discretised by zero-order hold with a learnable per-channel s
 B is fixed to 1: it only ever appears multiplied by C, which is learned.
 
 Training uses the convolution kernel K[l] = 2 Re(sum_n C_n dB_n dA_n^l) and a causal FFT
-convolution; generation steps the recurrence h = dA h + dB u, O(1) per sample.
+convolution; generation steps the recurrence h = dA h + dB u, O(1) per sample. The step keeps
+one more mode with dA = 0 and output weight D: its state is the current input, so the readout
+sum holds the D u term too.
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ class S4DBlock(nn.Module):
         return 2 * torch.einsum("hn,hnl->hl", CdB, vandermonde).real
 
     def _output(self, y: torch.Tensor) -> torch.Tensor:
-        return F.glu(self.out_proj(F.gelu(y)), dim=-1)
+        return F.glu(self.out_proj.forward(F.gelu(y)), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         length = x.shape[1]
@@ -65,19 +67,20 @@ class S4DBlock(nn.Module):
         return self._output(y.to(x.dtype))
 
     def initial_state(self, batch: int, device=None) -> torch.Tensor:
-        """The SSM state, (batch, H, N/2) complex64 zeros."""
-        return torch.zeros(batch, *self.C.shape[:2], dtype=torch.complex64, device=device)
+        """The step's state, (batch, H, N/2 + 1) complex64 zeros: the modes, then the D u mode."""
+        H, M = self.C.shape[:2]
+        return torch.zeros(batch, H, M + 1, dtype=torch.complex64, device=device)
 
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (batch, H) -> y: (batch, H); state (batch, H, N/2) is updated in place and returned."""
-        dA, CdB2 = cached_for_steps(self, (self.log_dt, self.log_neg_A_real, self.A_imag, self.C),
-                                    self._step_matrices)
-        u = x.float()
-        state.mul_(dA).add_(u[:, :, None])
-        y = torch.addcmul((CdB2 * state).sum(-1).real, self.D.float(), u)  # few ops: a CPU step is overhead-bound
+        """x: (batch, H) -> y: (batch, H); state (batch, H, N/2 + 1) is updated in place and returned."""
+        dA, out_weight = cached_for_steps(self, self._step_matrices)
+        state.mul_(dA).add_(x.float().unsqueeze(-1))
+        y = (out_weight * state).sum(-1).real  # few ops: a CPU step is overhead-bound
         return self._output(y.to(x.dtype)), state
 
     def _step_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(dA, 2 C dB), each (H, N/2) complex64: the recurrence and its output map (conjugates folded in)."""
+        """(dA, out_weight), each (H, N/2 + 1) complex64: the recurrence, and the readout 2 C dB
+        (conjugates folded in); the last mode has dA = 0 and weight D."""
         dA, CdB, _ = self._discretize()
-        return dA, 2 * CdB
+        D = self.D.float()[:, None]
+        return torch.cat([dA, torch.zeros_like(D)], 1), torch.cat([2 * CdB, D], 1)
