@@ -208,12 +208,13 @@ def cmd_classifier_train(args, extra) -> None:
                            n_mels=args.n_mels, freq_masks=args.spec_masks, time_masks=args.spec_masks,
                            utterance_norm=args.utterance_norm)
     model, log = train_classifier(cfg, train_audio, train_labels, val_audio, val_labels, epochs=args.epochs,
-                                  batch_size=args.batch_size, lr=args.lr, mixup=args.mixup, device=device, seed=args.seed,
-                                  progress=not args.quiet)
+                                  batch_size=args.batch_size, lr=args.lr, mixup=args.mixup, speed_change=args.speed_change,
+                                  device=device, seed=args.seed, progress=not args.quiet)
     result = {"validation_accuracy": accuracy(model, val_audio, val_labels),
               "test_accuracy": accuracy(model, test_audio, test_labels),
               "train_clips": len(train_audio), "data": data.root, "dataset": data.dataset,
-              "split_salt": data.split_salt, "epochs": args.epochs, "mixup": args.mixup}
+              "split_salt": data.split_salt, "epochs": args.epochs, "mixup": args.mixup,
+              "speed_change": args.speed_change}
     save_classifier(model, args.out, {**result, "log": log})
     print(json.dumps(result))
 
@@ -348,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--utterance-norm", action="store_true",
                    help="subtract each clip's mean log-mel per band (cepstral mean normalisation)")
     q.add_argument("--mixup", type=float, default=0.0, help="mixup Beta parameter (0: off; 0.2 is usual)")
+    q.add_argument("--speed-change", type=float, default=0.1,
+                   help="speed perturbation: each training clip plays at a random 1 +- this (pitch and tempo together)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--limit", type=int, help="use N random training clips")
     q.add_argument("--out", required=True)

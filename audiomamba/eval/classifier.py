@@ -110,8 +110,10 @@ def spec_augment(features: torch.Tensor, freq_masks: int, max_freq: int, time_ma
     return features * keep
 
 
-def augment(audio: torch.Tensor, sample_rate: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random speed (0.9-1.1x, one factor per batch, which shifts pitch and tempo together), time
+def augment(audio: torch.Tensor, sample_rate: int, generator: torch.Generator | None = None,
+            speed_change: float = 0.1) -> torch.Tensor:
+    """(batch, samples) -> the same shape: random speed (one factor per clip in 1 +- speed_change,
+    which shifts pitch, formants and tempo together, a cheap stand-in for another speaker), time
     shift (up to 100 ms, zero-filled), gain (+-6 dB) and background noise (SNR 10-40 dB)."""
     batch, length = audio.shape
     device = audio.device
@@ -119,14 +121,18 @@ def augment(audio: torch.Tensor, sample_rate: int, generator: torch.Generator | 
     def rand(*shape):
         return torch.rand(*shape, generator=generator, device="cpu").to(device)
 
-    speed = float(rand(1)) * 0.2 + 0.9
-    stretched = F.interpolate(audio[:, None], scale_factor=1 / speed, mode="linear", align_corners=False)[:, 0]
-    audio = F.pad(stretched, (0, max(0, length - stretched.shape[1])))[:, :length]
+    def read(index):  # audio at integer positions (batch, length), zero outside the clip
+        return torch.where((index >= 0) & (index < length), audio.gather(1, index.clamp(0, length - 1)), 0.0)
+
+    speed = 1 + (rand(batch, 1) * 2 - 1) * speed_change
+    position = torch.arange(length, device=device) * speed  # output sample j plays input time j * speed
+    left = position.long()
+    frac = position - left
+    audio = read(left) * (1 - frac) + read(left + 1) * frac
 
     max_shift = sample_rate // 10
     shifts = ((rand(batch) * 2 - 1) * max_shift).long()
-    index = torch.arange(length, device=device)[None] - shifts[:, None]
-    shifted = torch.where((index >= 0) & (index < length), audio.gather(1, index.clamp(0, length - 1)), 0.0)
+    shifted = read(torch.arange(length, device=device)[None] - shifts[:, None])
     gain = 10 ** ((rand(batch, 1) * 12 - 6) / 20)
     power = shifted.pow(2).mean(1, keepdim=True).clamp(min=1e-8)
     snr = 10 ** ((rand(batch, 1) * 30 + 10) / 10)
@@ -154,10 +160,10 @@ def accuracy(model: SpeechClassifier, audio: torch.Tensor, labels: torch.Tensor)
 
 def train_classifier(cfg: ClassifierConfig, train_audio: torch.Tensor, train_labels: torch.Tensor,
                      val_audio: torch.Tensor, val_labels: torch.Tensor, *, epochs: int = 30, batch_size: int = 64,
-                     lr: float = 3e-3, mixup: float = 0.0, device="cpu", seed: int = 0,
+                     lr: float = 3e-3, mixup: float = 0.0, speed_change: float = 0.1, device="cpu", seed: int = 0,
                      progress: bool = True) -> tuple[SpeechClassifier, list[dict]]:
-    """Train with augmentation, AdamW and a one-cycle schedule. Keeps the weights of the epoch with
-    the best validation accuracy. ``mixup`` > 0 mixes each batch with a shuffled copy of itself,
+    """Train with augmentation (``augment``, with ``speed_change``), AdamW and a one-cycle schedule.
+    Keeps the weights of the epoch with the best validation accuracy. ``mixup`` > 0 mixes each batch with a shuffled copy of itself,
     waveforms and targets, with a Beta(mixup, mixup) weight (Zhang et al. 2018). Returns (model,
     per-epoch log)."""
     torch.manual_seed(seed)
@@ -177,7 +183,7 @@ def train_classifier(cfg: ClassifierConfig, train_audio: torch.Tensor, train_lab
         order = torch.randperm(len(train_audio), generator=generator)
         for k in range(steps_per_epoch):
             index = order[k * batch_size:(k + 1) * batch_size]
-            audio = augment(train_audio[index].to(device), cfg.sample_rate, generator)
+            audio = augment(train_audio[index].to(device), cfg.sample_rate, generator, speed_change)
             targets = train_labels[index].to(device)
             if mixup > 0:
                 weight = float(torch.distributions.Beta(mixup, mixup).sample())

@@ -18,6 +18,20 @@ def test_augmentation_keeps_shape_and_range_and_changes_the_audio():
     assert out.shape == audio.shape and out.abs().max() <= 1 and not torch.allclose(out, audio)
 
 
+def test_speed_perturbation_draws_one_speed_per_clip_within_the_range():
+    t = torch.arange(8000) / 8000
+    audio = (0.5 * torch.sin(2 * torch.pi * 500 * t))[None].repeat(8, 1)  # 500 Hz, 1 s at 8 kHz
+
+    def peak_hz(speed_change):  # the tone's frequency in each augmented clip (1 Hz bins)
+        out = augment(audio, 8000, torch.Generator().manual_seed(0), speed_change)
+        return torch.fft.rfft(out).abs().argmax(-1).float()
+
+    assert (peak_hz(0.0) == 500).all()
+    peaks = peak_hz(0.2)
+    assert peaks.min() >= 500 * 0.8 - 1 and peaks.max() <= 500 * 1.2 + 1
+    assert len(peaks.unique()) >= 6 and peaks.max() - peaks.min() > 50  # per clip, not one speed per batch
+
+
 def test_spec_augment_zeroes_at_most_the_requested_bands_and_spans():
     torch.manual_seed(0)
     features = torch.randn(64, 1, 40, 101).abs() + 1  # nothing is zero before masking
