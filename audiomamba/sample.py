@@ -177,23 +177,34 @@ def sample_tail_ref(logits: torch.Tensor, gumbel: torch.Tensor, alive: torch.Ten
 
 
 @contextlib.contextmanager
-def _lean_ops(device: torch.device):
+def _lean_ops(model: WaveformLM, device: torch.device):
     """Cheaper small ops while sampling: a small model's step is bound by per-op overhead.
 
-    Inference mode skips even no_grad's per-tensor bookkeeping (tensors made inside cannot enter
-    autograd later, so results are copied into tensors made outside). On CPU, oneDNN is switched
-    off: its GELU costs about 8 us a call whatever the size, PyTorch's own 1 us on one sample's
-    activations. That switch is process-wide; it is restored on exit."""
-    with torch.inference_mode():
-        if device.type != "cpu":
-            yield
-            return
-        before = torch.backends.mkldnn.enabled
+    - Inference mode skips even no_grad's per-tensor bookkeeping (tensors made inside cannot
+      enter autograd later, so results are copied into tensors made outside).
+    - Every module's parameters and submodules are mirrored into its instance ``__dict__``, so
+      that ``self.weight`` is a plain attribute lookup instead of a call of
+      ``nn.Module.__getattr__`` (about 0.3 us; a batch-1 step makes some 70 of them, about 20%
+      of a CPU step). The mirrors are removed on exit; nothing re-registers a parameter meanwhile.
+    - On CPU, oneDNN is switched off: its GELU costs about 8 us a call whatever the size,
+      PyTorch's own 1 us on one sample's activations. That switch is process-wide; it is
+      restored on exit."""
+    mirrored = []
+    for module in model.modules():
+        for name, value in (*module._parameters.items(), *module._modules.items()):
+            if value is not None and name not in module.__dict__:
+                module.__dict__[name] = value
+                mirrored.append((module, name))
+    before = torch.backends.mkldnn.enabled
+    if device.type == "cpu":
         torch.backends.mkldnn.enabled = False
-        try:
+    try:
+        with torch.inference_mode():
             yield
-        finally:
-            torch.backends.mkldnn.enabled = before
+    finally:
+        torch.backends.mkldnn.enabled = before
+        for module, name in mirrored:
+            del module.__dict__[name]
 
 
 def _zero_state(state) -> None:
@@ -281,7 +292,7 @@ def generate(model: WaveformLM, n: int, length: int, *, batch_size: int = 16, te
 
         bar = tqdm(total=n * length, unit="sample", unit_scale=True, dynamic_ncols=True)
     started = time.time()
-    with _lean_ops(device):
+    with _lean_ops(model, device):
         for batch_index, start in enumerate(range(0, n, batch_size)):
             rows = min(batch_size, n - start)
             batch_seed = seed + batch_index
