@@ -60,11 +60,16 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 def selective_state_update_ref(state, x, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """One step of the scan. state: (batch, d, n) fp32, updated in place; x, delta, z: (batch, d);
     B, C: (batch, n). Returns y: (batch, d) in x's dtype."""
-    delta = _prepare_delta(delta[..., None], delta_bias, delta_softplus)[..., 0]  # (b, d)
-    state.mul_(torch.exp(delta[:, :, None] * A.float())).add_((delta * x.float())[:, :, None] * B.float()[:, None, :])
-    y = torch.bmm(state, C.float()[:, :, None])[:, :, 0]  # bmm, not einsum: a CPU step is overhead-bound
+    x32, delta = x.float(), delta.float()  # few, fused ops: a CPU step is bound by per-op overhead
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()
+    if delta_softplus:
+        delta = F.softplus(delta)
+    decay = torch.exp(delta.unsqueeze(2) * A.float())  # (b, d, n)
+    state.mul_(decay).baddbmm_((delta * x32).unsqueeze(2), B.float().unsqueeze(1))  # + outer(delta x, B)
+    y = torch.bmm(state, C.float().unsqueeze(2)).squeeze(2)
     if D is not None:
-        y = y + D.float() * x.float()
+        y = torch.addcmul(y, D.float(), x32)
     if z is not None:
         y = y * F.silu(z.float())
     return y.to(x.dtype)
