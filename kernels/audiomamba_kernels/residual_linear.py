@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
+
 BM = 16  # rows per program (tl.dot needs at least 16)
 BH = 32  # outputs per program
 BK = 64  # reduction chunk
@@ -17,10 +19,12 @@ BK = 64  # reduction chunk
 
 @triton.jit
 def _residual_linear(u_ptr, y_ptr, w_ptr, out_ptr, batch, K, H, BM: tl.constexpr, BH: tl.constexpr,
-                     BK: tl.constexpr):
+                     BK: tl.constexpr, PDL: tl.constexpr):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.program_id(1) * BH + tl.arange(0, BH)
     row_ok, col_ok = rows < batch, cols < H
+    wait_for_inputs(PDL)  # (the weights are read chunk by chunk with y, so only the launch overlaps)
+    release_dependents(PDL)
     acc = tl.zeros([BM, BH], dtype=tl.float32)
     for k0 in range(0, K, BK):
         k = k0 + tl.arange(0, BK)
@@ -39,6 +43,7 @@ def residual_linear(u, y, weight):
     K = y.shape[1]
     u, y, weight = u.contiguous(), y.contiguous(), weight.contiguous()
     out = torch.empty_like(u)
+    pdl = launch_options(u)
     _residual_linear[(triton.cdiv(batch, BM), triton.cdiv(H, BH))](u, y, weight, out, batch, K, H, BM=BM, BH=BH,
-                                                                   BK=BK)
+                                                                   BK=BK, PDL=bool(pdl), **pdl)
     return out

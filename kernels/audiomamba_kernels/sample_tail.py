@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from audiomamba.data.mulaw import SILENCE
+from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
 
 
 @triton.jit
@@ -21,9 +22,11 @@ def _all_finite(v):
 @triton.jit
 def _sample_tail(logits_ptr, gumbel_ptr, alive_ptr, failed_ptr, t_ptr, tokens_ptr, loglik_ptr, input_ptr,
                  prefix_ptr, rows, length, prefix_len, temperature, guidance, GUIDED: tl.constexpr,
-                 GREEDY: tl.constexpr, HAS_PREFIX: tl.constexpr, SILENCE: tl.constexpr):
+                 GREEDY: tl.constexpr, HAS_PREFIX: tl.constexpr, SILENCE: tl.constexpr, PDL: tl.constexpr):
     row = tl.program_id(0)
     k = tl.arange(0, 256)
+    wait_for_inputs(PDL)
+    release_dependents(PDL)
     t = tl.load(t_ptr)
     logits = tl.load(logits_ptr + row * 256 + k)
     if GUIDED:
@@ -66,8 +69,9 @@ def sample_tail(logits, gumbel, alive, failed_at, t, tokens, loglik, model_input
         raise ValueError("the fused sampling tail has no nucleus (top-p) sampling; use sample_tail_ref")
     rows, length = tokens.shape
     logits, gumbel = logits.contiguous(), gumbel.contiguous()
+    pdl = launch_options(logits)
     _sample_tail[(rows,)](logits, gumbel, alive, failed_at, t, tokens, loglik, model_input,
                           prefix if prefix is not None else t, rows, length,
                           len(prefix) if prefix is not None else 0, temperature, guidance,
                           GUIDED=guidance != 1.0, GREEDY=temperature <= 0, HAS_PREFIX=prefix is not None,
-                          SILENCE=SILENCE)
+                          SILENCE=SILENCE, PDL=bool(pdl), **pdl)

@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
+
 BLOCK_D = 16  # channels per program (their B, C tiles are loaded once)
 MAX_CHUNK = 64  # samples per chunk at most (tests lower both to exercise many chunks cheaply)
 TILE = 2048  # elements of an (n, T) tile: the chunk length is TILE / n, within [16, MAX_CHUNK]
@@ -355,22 +357,26 @@ def _state_update(state_ptr, x_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr
 
 @triton.jit
 def _projected_state_update(state_ptr, x_ptr, z_ptr, xp_ptr, dtw_ptr, bias_ptr, A_ptr, D_ptr, y_ptr, n_ch, N, R,
-                            N_PAD: tl.constexpr, R_PAD: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+                            N_PAD: tl.constexpr, R_PAD: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+                            PDL: tl.constexpr):
     """Mamba's step from x itself, for a block of channels: x_proj (dt_low, B, C from all of row
     b's x, recomputed by each block: a few thousand multiply-adds), dt_proj and softplus, then the
     update, D and the silu(z) gate. Everything that does not depend on x_proj is loaded first, so
-    that those loads overlap its reduction (at batch 1 the kernel is latency-bound)."""
+    that those loads overlap its reduction (at batch 1 the kernel is latency-bound); with
+    programmatic dependent launch (``pdl``), the weights before waiting for x."""
     b, blk = tl.program_id(0), tl.program_id(1)
     r, n = tl.arange(0, R_PAD), tl.arange(0, N_PAD)
     r_ok, n_ok = r < R, n < N
     d = blk * BLOCK + tl.arange(0, BLOCK)
     d_ok = d < n_ch
-    h, A, offsets, ok = _load_state(state_ptr, A_ptr, b, d, n, d_ok, n_ok, n_ch, N)
     w_dt = tl.load(dtw_ptr + d[:, None] * R + r[None, :], mask=d_ok[:, None] & r_ok[None, :], other=0.0)
     bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0)
+    D = tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+    wait_for_inputs(PDL)
+    release_dependents(PDL)
+    h, A, offsets, ok = _load_state(state_ptr, A_ptr, b, d, n, d_ok, n_ok, n_ch, N)
     x = tl.load(x_ptr + b * n_ch + d, mask=d_ok, other=0.0).to(tl.float32)
     zz = tl.load(z_ptr + b * n_ch + d, mask=d_ok, other=0.0).to(tl.float32)
-    D = tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
     dt_low = tl.zeros([R_PAD], dtype=tl.float32)
     Bv = tl.zeros([N_PAD], dtype=tl.float32)
     Cv = tl.zeros([N_PAD], dtype=tl.float32)
@@ -415,8 +421,9 @@ def projected_state_update(state, x, z, x_proj_weight, dt_proj_weight, dt_bias, 
     x, z, x_proj_weight, dt_proj_weight, A = (t.contiguous() for t in (x, z, x_proj_weight, dt_proj_weight, A))
     y = torch.empty_like(x)
     block = min(64, triton.next_power_of_2(n_ch))
+    pdl = launch_options(x)
     _projected_state_update[(batch, triton.cdiv(n_ch, block))](
         state, x, z, x_proj_weight, dt_proj_weight, dt_bias.float().contiguous(), A, D.contiguous(), y, n_ch, N, R,
         N_PAD=triton.next_power_of_2(N), R_PAD=max(2, triton.next_power_of_2(R)), BLOCK=block,
-        CHUNK=min(128, triton.next_power_of_2(n_ch)))
+        CHUNK=min(128, triton.next_power_of_2(n_ch)), PDL=bool(pdl), **pdl)
     return y
