@@ -2,11 +2,12 @@
 
 A generation step is a chain of small kernels of a few microseconds each, and much of each is
 the launch and the first loads. With PDL a kernel is launched while the kernel before it is
-still running. It may load what no running kernel writes (its weights: nothing writes them
-while sampling), then ``wait_for_inputs`` blocks until the kernel before it has finished and its
-writes are visible. Right after that wait, ``release_dependents`` lets the next kernel launch.
-So at most two kernels overlap, and everything after a wait sees every earlier kernel's output.
-A kernel without PDL (PyTorch's own) runs in plain stream order; after one, the wait is a no-op.
+still running. Before ``wait_for_inputs`` it may only load what that kernel cannot be writing:
+its weights (none of these kernels writes weights). The wait blocks until the kernel before it
+has finished and its writes are visible; right after it, ``release_dependents`` lets the next
+kernel launch. So at most two kernels overlap, and everything after a wait sees every earlier
+kernel's output. After a kernel without PDL (PyTorch's own, an optimizer step's included) the
+next one launches only when it has finished, so the early loads see its writes too.
 
 ``launch_options(tensor)`` gives the launch keyword that turns PDL on where it applies: CUDA
 devices of compute capability 9 or more, not under the Triton interpreter, and not switched off
