@@ -15,6 +15,7 @@ with ``AUDIOMAMBA_PDL=0`` (for comparisons).
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -26,9 +27,13 @@ def launch_options(tensor: torch.Tensor) -> dict:
     """``{"launch_pdl": True}`` where PDL applies to kernels on ``tensor``'s device, else ``{}``;
     kernels take ``PDL=bool(options)``."""
     enabled = (tensor.is_cuda and os.environ.get("TRITON_INTERPRET", "0") == "0"
-               and os.environ.get("AUDIOMAMBA_PDL", "1") != "0"
-               and torch.cuda.get_device_capability(tensor.device)[0] >= 9)
+               and os.environ.get("AUDIOMAMBA_PDL", "1") != "0" and _hopper_or_later(tensor.device.index))
     return {"launch_pdl": True} if enabled else {}
+
+
+@functools.cache
+def _hopper_or_later(device_index: int | None) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
 @triton.jit
