@@ -186,6 +186,8 @@ def _lean_ops(model: WaveformLM, device: torch.device):
       that ``self.weight`` is a plain attribute lookup instead of a call of
       ``nn.Module.__getattr__`` (about 0.3 us; a batch-1 step makes some 70 of them, about 20%
       of a CPU step). The mirrors are removed on exit; nothing re-registers a parameter meanwhile.
+      Overlapping generations in several threads stay correct: a mirror holds the registered
+      object itself, and a lookup without one falls back to ``__getattr__``.
     - On CPU, oneDNN is switched off: its GELU costs about 8 us a call whatever the size,
       PyTorch's own 1 us on one sample's activations. That switch is process-wide; it is
       restored on exit."""
@@ -204,7 +206,7 @@ def _lean_ops(model: WaveformLM, device: torch.device):
     finally:
         torch.backends.mkldnn.enabled = before
         for module, name in mirrored:
-            del module.__dict__[name]
+            module.__dict__.pop(name, None)  # (a generation in another thread may have removed it first)
 
 
 def _zero_state(state) -> None:
