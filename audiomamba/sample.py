@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,24 +190,44 @@ def _lean_ops(model: WaveformLM, device: torch.device):
       Overlapping generations in several threads stay correct: a mirror holds the registered
       object itself, and a lookup without one falls back to ``__getattr__``.
     - On CPU, oneDNN is switched off: its GELU costs about 8 us a call whatever the size,
-      PyTorch's own 1 us on one sample's activations. That switch is process-wide; it is
-      restored on exit."""
+      PyTorch's own 1 us on one sample's activations (``_onednn_off``)."""
     mirrored = []
     for module in model.modules():
         for name, value in (*module._parameters.items(), *module._modules.items()):
             if value is not None and name not in module.__dict__:
                 module.__dict__[name] = value
                 mirrored.append((module, name))
-    before = torch.backends.mkldnn.enabled
-    if device.type == "cpu":
-        torch.backends.mkldnn.enabled = False
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), _onednn_off() if device.type == "cpu" else contextlib.nullcontext():
             yield
     finally:
-        torch.backends.mkldnn.enabled = before
         for module, name in mirrored:
             module.__dict__.pop(name, None)  # (a generation in another thread may have removed it first)
+
+
+_onednn_users = 0  # CPU generations running now, in any thread
+_onednn_lock = threading.Lock()
+_onednn_before = True
+
+
+@contextlib.contextmanager
+def _onednn_off():
+    """oneDNN off while any CPU generation runs. The switch is process-wide, so the first
+    generation to start turns it off and the last to end restores it: generations overlapping in
+    threads leave it as they found it."""
+    global _onednn_users, _onednn_before
+    with _onednn_lock:
+        if _onednn_users == 0:
+            _onednn_before = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = False
+        _onednn_users += 1
+    try:
+        yield
+    finally:
+        with _onednn_lock:
+            _onednn_users -= 1
+            if _onednn_users == 0:
+                torch.backends.mkldnn.enabled = _onednn_before
 
 
 def _zero_state(state) -> None:

@@ -36,6 +36,27 @@ def test_results_are_ordinary_tensors_and_sampling_leaves_no_switch_or_mirror_be
     gen.tokens[0, 0] = 3  # usable anywhere, in place too
 
 
+def test_generations_overlapping_in_threads_give_the_clips_of_sequential_ones_and_restore_everything(model):
+    import threading
+
+    onednn = torch.backends.mkldnn.enabled
+    want = [generate(model, 2, 120, seed=s, label=1).tokens for s in range(4)]
+    got = [None] * 4
+
+    def run(s):
+        got[s] = generate(model, 2, 120, seed=s, label=1).tokens
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    assert torch.backends.mkldnn.enabled == onednn  # the process-wide switch, restored by the last one out
+    for module in model.modules():
+        assert not (module._parameters.keys() | module._modules.keys()) & vars(module).keys()
+
+
 def test_prefix_is_returned_unchanged_at_the_start(model):
     prefix = torch.randint(0, 256, (17,), dtype=torch.uint8)
     gen = generate(model, 2, 30, prefix=prefix, seed=0)
