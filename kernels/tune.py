@@ -1,10 +1,14 @@
-"""Sweep the scan kernels' tile settings (chunk length, channels per program, warps) on one shape.
+"""Sweep the scan kernels' tile settings on one shape, to choose the module defaults.
 
-    PYTHONPATH=.:kernels python kernels/tune.py
+    PYTHONPATH=.:kernels python kernels/tune.py [--n-state 16] [--chunks 64] [--blocks 16 32] [--warps 1]
+        [--stages 1 2 3] [--unroll 1 2 4]
 
 Prints forward and forward+backward median times for the audio outer stage (B=16, D=128,
-L=16000, N=16, bf16), one row per setting, to choose the module defaults.
+L=16000, bf16), one row per setting (chunk length, channels per program, warps, pipelining stages
+and unroll factor of the loop over a program's channels), with the registers per thread and the
+bytes spilled of the forward "output" pass and the backward "gradients" pass.
 """
+import argparse
 import itertools
 
 import triton.testing
@@ -13,21 +17,59 @@ import audiomamba_kernels.selective_scan as kernels
 from bench import inputs  # kernels/bench.py: a script's own folder comes first on sys.path
 
 
-def main() -> None:
-    print("| MAX_CHUNK | BLOCK_D | NUM_WARPS | forward ms | fwd+bwd ms |")
-    print("| --- | --- | --- | --- | --- |")
-    for chunk, block, warps in itertools.product([64, 128, 256], [16, 32], [1, 2, 4]):
-        kernels.MAX_CHUNK, kernels.BLOCK_D, kernels.NUM_WARPS = chunk, block, warps
-        kernels.TILE = 16 * chunk  # let the chunk reach MAX_CHUNK at N = 16
-        x = inputs(16, 128, 16000, 16, False)
-        fwd = triton.testing.do_bench(lambda: kernels.selective_scan(**x, delta_softplus=True), return_mode="median")
-        xg = inputs(16, 128, 16000, 16, True)
+class _Recorder:
+    """Stands in for a jitted kernel and keeps the compiled kernel of its last launch."""
 
-        def both():
-            y = kernels.selective_scan(**xg, delta_softplus=True)
-            y.backward(y)
-        total = triton.testing.do_bench(both, return_mode="median")
-        print(f"| {chunk} | {block} | {warps} | {fwd:.3f} | {total:.3f} |", flush=True)
+    def __init__(self, kernel):
+        self.kernel, self.last = kernel, None
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.last = self.kernel[grid](*args, **kwargs)
+            return self.last
+        return launch
+
+
+def resources(recorder: _Recorder) -> str:
+    compiled = recorder.last
+    return f"{compiled.n_regs} / {compiled.n_spills}" if compiled is not None else "?"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n-state", type=int, default=16)
+    parser.add_argument("--chunks", type=int, nargs="+", default=[64])
+    parser.add_argument("--blocks", type=int, nargs="+", default=[16])
+    parser.add_argument("--warps", type=int, nargs="+", default=[1])
+    parser.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--unroll", type=int, nargs="+", default=[1, 2, 4])
+    args = parser.parse_args()
+    forward, backward = _Recorder(kernels._scan_chunks), _Recorder(kernels._scan_chunks_bwd)
+    kernels._scan_chunks, kernels._scan_chunks_bwd = forward, backward
+    print(f"N = {args.n_state}")
+    print("| chunk | BLOCK_D | warps | stages | unroll | forward ms | fwd+bwd ms | regs / spills fwd | bwd |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for chunk, block, warps, stages, unroll in itertools.product(args.chunks, args.blocks, args.warps, args.stages,
+                                                                 args.unroll):
+        kernels.MAX_CHUNK, kernels.BLOCK_D, kernels.NUM_WARPS = chunk, block, warps
+        kernels.LOOP_STAGES, kernels.LOOP_UNROLL = stages, unroll
+        kernels.TILE = args.n_state * chunk  # let the chunk reach MAX_CHUNK
+        try:
+            x = inputs(16, 128, 16000, args.n_state, False)
+            fwd = triton.testing.do_bench(lambda: kernels.selective_scan(**x, delta_softplus=True),
+                                          return_mode="median")
+            fwd_resources = resources(forward)
+            xg = inputs(16, 128, 16000, args.n_state, True)
+
+            def both():
+                y = kernels.selective_scan(**xg, delta_softplus=True)
+                y.backward(y)
+            total = triton.testing.do_bench(both, return_mode="median")
+        except Exception as error:  # a setting the compiler rejects (out of shared memory, ...) is a row, not the end
+            print(f"| {chunk} | {block} | {warps} | {stages} | {unroll} | {type(error).__name__} | | | |", flush=True)
+            continue
+        print(f"| {chunk} | {block} | {warps} | {stages} | {unroll} | {fwd:.3f} | {total:.3f} | {fwd_resources} | "
+              f"{resources(backward)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,11 @@ with no division. A program loads its B and C tiles (n x T) once and reuses them
 channel of its block. It accumulates dB and dC over those channels and writes one partial sum per
 block (dA, dD and dbias: one per program); torch adds the partial sums up afterwards. With no atomics the
 gradients are deterministic. State and accumulation are fp32 whatever the input dtype.
+
+A chunk kernel's program runs its channels one after another, so each loop iteration loads the
+next channel's rows (``_channel_inputs``) while it scans the current one: with one warp per
+program and few programs per SM (the tiles take 168-255 registers a thread), load latency would
+otherwise stall every iteration.
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ BLOCK_D = 16  # channels per program (their B, C tiles are loaded once)
 MAX_CHUNK = 64  # samples per chunk at most (tests lower both to exercise many chunks cheaply)
 TILE = 2048  # elements of an (n, T) tile: the chunk length is TILE / n, within [16, MAX_CHUNK]
 NUM_WARPS = 1  # warps per program of the chunk kernels (kernels/tune.py on H100: 1 warp, 64-sample chunks)
+LOOP_STAGES = 1  # software-pipelining stages of the loop over a block's channels (tl.range's num_stages)
+LOOP_UNROLL = 1  # unroll factor of that loop
 
 
 def _chunk_len(n_state: int) -> int:
@@ -52,11 +59,9 @@ def _softplus(x):
 
 
 @triton.jit
-def _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """delta[b, d, t] in fp32 with bias and softplus; 0 where masked (so a = 1 and b = 0 there)."""
-    dt = tl.load(delta_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        dt += tl.load(bias_ptr + d, mask=d < n_ch, other=0.0).to(tl.float32)
+def _delta(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """delta in fp32 from its raw row, with bias and softplus; 0 where masked (so a = 1 and b = 0 there)."""
+    dt = raw + bias if HAS_BIAS else raw
     if SOFTPLUS:
         dt = _softplus(dt)
     return tl.where(mask, dt, 0.0)
@@ -74,41 +79,72 @@ def _chunk_layout(c, b, L, N, T: tl.constexpr, N_PAD: tl.constexpr):
 
 @triton.jit
 def _channel(blk, i, b, n_ch, L, t_ok, BLOCK: tl.constexpr):
-    """Channel i of the block: its index, whether it exists, its time mask and its row offset."""
+    """Channel i of the block (none for i = BLOCK): its index, whether it exists, its time mask and its row offset."""
     d = blk * BLOCK + i
-    d_ok = d < n_ch
+    d_ok = (d < n_ch) & (i < BLOCK)
     return d, d_ok, t_ok & d_ok, (b * n_ch + d) * L
+
+
+@triton.jit
+def _channel_inputs(delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, A_ptr, state_ptr, carry_ptr,
+                    blk, i, b, c, n_ch, L, N, n_chunks, t, n, t_ok, n_ok, chunk_end,
+                    BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_Z: tl.constexpr, GY: tl.constexpr,
+                    NEXT: tl.constexpr, STATE: tl.constexpr, CARRY: tl.constexpr):
+    """Channel i's rows in this chunk, loaded one channel ahead of their use so that their latency
+    overlaps the scan of the channel before (the loop below carries them): raw delta (T,), its bias,
+    u (T,), and by flag z, the output gradient gy, raw delta at t + 1 (within the chunk), A (n,),
+    the chunk's incoming state and carried adjoint (n,). Unused results are zeros."""
+    d, d_ok, mask, row = _channel(blk, i, b, n_ch, L, t_ok, BLOCK)
+    zero_t = tl.zeros_like(t).to(tl.float32)
+    zero_n = tl.zeros_like(n).to(tl.float32)
+    raw = tl.load(delta_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32) if HAS_BIAS else tl.full([], 0.0, tl.float32)
+    u = tl.load(u_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
+    zz = tl.load(z_ptr + row + t, mask=mask, other=0.0).to(tl.float32) if HAS_Z else zero_t
+    g = tl.load(gy_ptr + row + t, mask=mask, other=0.0).to(tl.float32) if GY else zero_t
+    next_ok = (t + 1 < chunk_end) & d_ok
+    raw_next = tl.load(delta_ptr + row + t + 1, mask=next_ok, other=0.0).to(tl.float32) if NEXT else zero_t
+    A = tl.load(A_ptr + d * N + n, mask=n_ok & d_ok, other=0.0).to(tl.float32)
+    state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
+    h0 = tl.load(state_ptr + state_offsets, mask=n_ok & d_ok, other=0.0) if STATE else zero_n
+    carry = tl.load(carry_ptr + state_offsets, mask=n_ok & d_ok, other=0.0) if CARRY else zero_n
+    return raw, bias, u, zz, g, raw_next, A, h0, carry
 
 
 @triton.jit
 def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
                  end_state_ptr, dt_sum_ptr, incoming_ptr,
                  n_ch, L, N, n_chunks,
-                 T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, OUTPUT: tl.constexpr,
+                 T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr,
+                 UNROLL: tl.constexpr, OUTPUT: tl.constexpr,
                  HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """OUTPUT=False: chunk end states (from zero) and delta sums. OUTPUT=True: y from incoming states."""
     c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD)
+    chunk_end = tl.minimum(c * T + T, L)
+    rows = (delta_ptr, bias_ptr, u_ptr, z_ptr, u_ptr, A_ptr, incoming_ptr, incoming_ptr)
+    flags = (BLOCK, HAS_BIAS, HAS_Z and OUTPUT, False, False, OUTPUT, False)
+    raw_n, bias_n, u_n, z_n, _, _, A_n, h0_n, _ = _channel_inputs(*rows, blk, 0, b, c, n_ch, L, N, n_chunks, t, n,
+                                                                  t_ok, n_ok, chunk_end, *flags)
     B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     if OUTPUT:
         C_tile = tl.load(C_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
-    for i in range(BLOCK):
+    for i in tl.range(BLOCK, num_stages=STAGES, loop_unroll_factor=UNROLL):
+        raw, bias, u, zz, A, h0 = raw_n, bias_n, u_n, z_n, A_n, h0_n
+        raw_n, bias_n, u_n, z_n, _, _, A_n, h0_n, _ = _channel_inputs(*rows, blk, i + 1, b, c, n_ch, L, N, n_chunks,
+                                                                      t, n, t_ok, n_ok, chunk_end, *flags)
         d, d_ok, mask, row = _channel(blk, i, b, n_ch, L, t_ok, BLOCK)
-        dt = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS, SOFTPLUS)
-        u = tl.load(u_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
-        A = tl.load(A_ptr + d * N + n, mask=n_ok & d_ok, other=0.0).to(tl.float32)
+        dt = _delta(raw, bias, mask, HAS_BIAS, SOFTPLUS)
         drive = (dt * u)[None, :] * B_tile
         state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
         if OUTPUT:
             a = tl.exp(dt[None, :] * A[:, None])
             a_cum, h = tl.associative_scan((a, drive), 1, _combine)
-            h0 = tl.load(incoming_ptr + state_offsets, mask=n_ok & d_ok, other=0.0)
             h = h + a_cum * h0[:, None]
             y = tl.sum(C_tile * h, axis=0)
             if HAS_D:
                 y += tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) * u
             if HAS_Z:
-                zz = tl.load(z_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
                 y = y * zz * tl.sigmoid(zz)
             tl.store(y_ptr + row + t, y.to(y_ptr.dtype.element_ty), mask=mask)
         else:  # end state = sum_t exp(A * sum(dt after t)) * drive[t]: a weighted sum, no scan needed
@@ -145,28 +181,32 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                      incoming_ptr, first_ptr, carry_in_ptr,
                      gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr,
                      n_ch, L, N, n_chunks,
-                     T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, GRADS: tl.constexpr,
+                     T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr,
+                     UNROLL: tl.constexpr, GRADS: tl.constexpr,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """GRADS=False: per chunk, a[first] * lambda_local[first] (the adjoint a chunk hands to the one
     before it). GRADS=True: every gradient, from the adjoint carried in from later chunks; gA, gD
     and gbias as one partial sum per (batch row, chunk), gB and gC as one per channel block."""
     c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD)
+    chunk_end = tl.minimum(c * T + T, L)
+    rows = (delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, A_ptr, incoming_ptr, carry_in_ptr)
+    flags = (BLOCK, HAS_BIAS, HAS_Z, True, GRADS, GRADS, GRADS)
+    raw_n, bias_n, u_n, z_n, g_n, raw_next_n, A_n, h0_n, carry_n = _channel_inputs(
+        *rows, blk, 0, b, c, n_ch, L, N, n_chunks, t, n, t_ok, n_ok, chunk_end, *flags)
     B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     C_tile = tl.load(C_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     gB_acc = tl.zeros([N_PAD, T], dtype=tl.float32)
     gC_acc = tl.zeros([N_PAD, T], dtype=tl.float32)
-    chunk_end = tl.minimum(c * T + T, L)
-    for i in range(BLOCK):
+    for i in tl.range(BLOCK, num_stages=STAGES, loop_unroll_factor=UNROLL):
+        raw, bias, u, zz, g, raw_next, A, h0, carry = raw_n, bias_n, u_n, z_n, g_n, raw_next_n, A_n, h0_n, carry_n
+        raw_n, bias_n, u_n, z_n, g_n, raw_next_n, A_n, h0_n, carry_n = _channel_inputs(
+            *rows, blk, i + 1, b, c, n_ch, L, N, n_chunks, t, n, t_ok, n_ok, chunk_end, *flags)
         d, d_ok, mask, row = _channel(blk, i, b, n_ch, L, t_ok, BLOCK)
-        dt = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t, mask, HAS_BIAS, SOFTPLUS)
-        u = tl.load(u_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(gy_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
-        A = tl.load(A_ptr + d * N + n, mask=n_ok & d_ok, other=0.0).to(tl.float32)
+        dt = _delta(raw, bias, mask, HAS_BIAS, SOFTPLUS)
         state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
         gy = g
         if HAS_Z:
-            zz = tl.load(z_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
             sig = tl.sigmoid(zz)
             gy = g * zz * sig
         if GRADS:
@@ -174,16 +214,13 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             a = tl.exp(dt[None, :] * A[:, None])
             drive = (dt * u)[None, :] * B_tile
             a_cum, h = tl.associative_scan((a, drive), 1, _combine)
-            h0 = tl.load(incoming_ptr + state_offsets, mask=n_ok & d_ok, other=0.0)
             h = h + a_cum * h0[:, None]
             # Adjoint: lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1] within the chunk, plus the adjoint
             # from later chunks times prod_{s=t+1}^{end} a[s]. With a[t+1] = 1 past the chunk end
             # (delta masked to 0), the reverse scan's products are exactly that factor.
-            next_ok = (t + 1 < chunk_end) & d_ok
-            dt_next = _load_delta(delta_ptr, bias_ptr, row, d, n_ch, t + 1, next_ok, HAS_BIAS, SOFTPLUS)
+            dt_next = _delta(raw_next, bias, (t + 1 < chunk_end) & d_ok, HAS_BIAS, SOFTPLUS)
             a_next = tl.exp(dt_next[None, :] * A[:, None])
             decay_to_end, lam = tl.associative_scan((a_next, C_tile * gy[None, :]), 1, _combine, reverse=True)
-            carry = tl.load(carry_in_ptr + state_offsets, mask=n_ok & d_ok, other=0.0)
             lam = lam + decay_to_end * carry[:, None]
             lam = tl.where(tile_ok & d_ok, lam, 0.0)
             g_decay = lam * (h - drive)  # d loss / d (dt * A) = lambda[t] a[t] h[t-1]
@@ -198,10 +235,7 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                 gz = g * y * sig * (1.0 + zz * (1.0 - sig))
                 tl.store(gz_ptr + row + t, gz.to(gz_ptr.dtype.element_ty), mask=mask)
             if SOFTPLUS:
-                raw = tl.load(delta_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    raw += tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
-                gdt = gdt * tl.sigmoid(raw)
+                gdt = gdt * tl.sigmoid(raw + bias if HAS_BIAS else raw)
             gdt = tl.where(mask, gdt, 0.0)
             tl.store(gdelta_ptr + row + t, gdt.to(gdelta_ptr.dtype.element_ty), mask=mask)
             tl.store(gu_ptr + row + t, gu.to(gu_ptr.dtype.element_ty), mask=mask)
@@ -231,6 +265,11 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
     return tensors, meta
 
 
+def _tiles(m):
+    """The chunk kernels' tile settings, from the module defaults (which tests and kernels/tune.py change)."""
+    return dict(T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, STAGES=LOOP_STAGES, UNROLL=LOOP_UNROLL, num_warps=NUM_WARPS)
+
+
 def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
     (u, delta, A, B, C, D, z, bias), m = _prepare(u, delta, A, B, C, D, z, delta_bias)
     A = A.float()
@@ -244,14 +283,13 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u)
     sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"])
-    _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D,
-                       OUTPUT=False, num_warps=NUM_WARPS, **flags)
+    common = dict(_tiles(m), **flags)
+    _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, OUTPUT=False, **common)
     init = initial_state.float().contiguous() if initial_state is not None else final
     _pass_chunks[(m["batch"], m["n_ch"])](A, end_state, dt_sum, incoming, init, final, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=False,
                                           HAS_INIT=initial_state is not None)
-    _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D,
-                       OUTPUT=True, num_warps=NUM_WARPS, **flags)
+    _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, OUTPUT=True, **common)
     return y, final, incoming, dt_sum
 
 
@@ -275,7 +313,7 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u,
             gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu, gA, gB, gC, gD, gbias)
     sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"])
-    common = dict(T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, num_warps=NUM_WARPS, **flags)
+    common = dict(_tiles(m), **flags)
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
     _pass_chunks[(m["batch"], m["n_ch"])](A, first, dt_sum, carry_in, g_init, g_init, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=True, HAS_INIT=False)
