@@ -10,8 +10,9 @@ of T samples, and each program takes one (chunk, batch, block of channels):
 1. ``_scan_chunks`` (pass "local") scans each chunk from a zero state. Time is parallel inside
    the chunk: ``tl.associative_scan`` combines the pairs (a, b) of h = a h + b as
    (a1 a2, a2 b1 + b2). It writes each chunk's end state and the sum of its delta.
-2. ``_pass_chunks`` carries the state across chunks, one loop per (batch, channel). Chunk c adds
-   exp(A * sum(delta_c)) times the carried state.
+2. ``_pass_chunks`` carries the state across chunks, one program per (batch, channel). Chunk c
+   multiplies the carried state by exp(A * sum(delta_c)) and adds its end state: the same pairs
+   (a, b) again, so it scans PASS_CHUNKS chunks at a time.
 3. ``_scan_chunks`` (pass "output") rescans each chunk from its true incoming state and writes y.
 
 The backward pass has the same structure, run backwards in time for the adjoint
@@ -41,6 +42,7 @@ TILE = 2048  # elements of an (n, T) tile: the chunk length is TILE / n, within 
 NUM_WARPS = 1  # warps per program of the chunk kernels (kernels/tune.py on H100: 1 warp, 64-sample chunks)
 LOOP_STAGES = 1  # software-pipelining stages of the loop over a block's channels (tl.range's num_stages)
 LOOP_UNROLL = 1  # unroll factor of that loop
+PASS_CHUNKS = 32  # chunks that _pass_chunks scans at a time (an (n, PASS_CHUNKS) tile; 32-128 time the same on H100)
 
 
 def _chunk_len(n_state: int) -> int:
@@ -156,24 +158,36 @@ def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
 
 @triton.jit
 def _pass_chunks(A_ptr, chunk_ptr, dt_sum_ptr, carry_in_ptr, init_ptr, final_ptr, n_ch, N, n_chunks,
-                 N_PAD: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr):
-    """carry_in[c] = carry; carry = exp(A * dt_sum[c]) * carry + chunk[c], over c in time order
-    (or reverse time order). ``final`` gets the carry after the last chunk."""
+                 N_PAD: tl.constexpr, K: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr):
+    """Carries the state across the chunks of one (batch row, channel), in time order (or reverse
+    time order): carry_out[c] = exp(A * dt_sum[c]) * carry_in[c] + chunk[c], and carry_in of the
+    next chunk is carry_out[c]. Writes carry_in (the first chunk's is ``init`` or zero) and ``final``
+    (the carry after the last chunk). K chunks at a time, in parallel: the same associative scan as
+    within a chunk, so the loop runs n_chunks / K times instead of n_chunks."""
     b, d = tl.program_id(0), tl.program_id(1)
     n = tl.arange(0, N_PAD)
     n_ok = n < N
+    row = b * n_ch + d
     A = tl.load(A_ptr + d * N + n, mask=n_ok, other=0.0).to(tl.float32)
-    base = ((b * n_ch + d) * N + n) * n_chunks
+    base = (row * N + n) * n_chunks
     if HAS_INIT:
-        carry = tl.load(init_ptr + (b * n_ch + d) * N + n, mask=n_ok, other=0.0).to(tl.float32)
+        carry = tl.load(init_ptr + row * N + n, mask=n_ok, other=0.0).to(tl.float32)
     else:
         carry = tl.zeros([N_PAD], dtype=tl.float32)
-    for i in range(n_chunks):
-        c = n_chunks - 1 - i if REVERSE else i
-        tl.store(carry_in_ptr + base + c, carry, mask=n_ok)
-        dt_sum = tl.load(dt_sum_ptr + (b * n_ch + d) * n_chunks + c)
-        carry = tl.exp(A * dt_sum) * carry + tl.load(chunk_ptr + base + c, mask=n_ok, other=0.0)
-    tl.store(final_ptr + (b * n_ch + d) * N + n, carry, mask=n_ok)
+    tl.store(carry_in_ptr + base + (n_chunks - 1 if REVERSE else 0), carry, mask=n_ok)
+    for k0 in range(0, n_chunks, K):
+        j = k0 + tl.arange(0, K)  # places in the order of the pass
+        ok = j < n_chunks
+        c = n_chunks - 1 - j if REVERSE else j  # the chunk at each place
+        dt_sum = tl.load(dt_sum_ptr + row * n_chunks + c, mask=ok, other=0.0)  # 0 past the end: a = 1, adds 0
+        chunk = tl.load(chunk_ptr + base[:, None] + c[None, :], mask=n_ok[:, None] & ok[None, :], other=0.0)
+        decay, carry_out = tl.associative_scan((tl.exp(A[:, None] * dt_sum[None, :]), chunk), 1, _combine)
+        carry_out = carry_out + decay * carry[:, None]
+        following = c - 1 if REVERSE else c + 1  # the chunk whose carry_in this is
+        tl.store(carry_in_ptr + base[:, None] + following[None, :], carry_out,
+                 mask=n_ok[:, None] & (j + 1 < n_chunks)[None, :])
+        carry = tl.sum(tl.where((j == k0 + K - 1)[None, :], carry_out, 0.0), axis=1)
+    tl.store(final_ptr + row * N + n, carry, mask=n_ok)
 
 
 @triton.jit
@@ -270,6 +284,11 @@ def _tiles(m):
     return dict(T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, STAGES=LOOP_STAGES, UNROLL=LOOP_UNROLL, num_warps=NUM_WARPS)
 
 
+def _passes():
+    """_pass_chunks' tile setting, from the module default."""
+    return dict(K=PASS_CHUNKS)
+
+
 def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
     (u, delta, A, B, C, D, z, bias), m = _prepare(u, delta, A, B, C, D, z, delta_bias)
     A = A.float()
@@ -288,7 +307,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
     init = initial_state.float().contiguous() if initial_state is not None else final
     _pass_chunks[(m["batch"], m["n_ch"])](A, end_state, dt_sum, incoming, init, final, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=False,
-                                          HAS_INIT=initial_state is not None)
+                                          HAS_INIT=initial_state is not None, **_passes())
     _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, OUTPUT=True, **common)
     return y, final, incoming, dt_sum
 
@@ -316,7 +335,7 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     common = dict(_tiles(m), **flags)
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
     _pass_chunks[(m["batch"], m["n_ch"])](A, first, dt_sum, carry_in, g_init, g_init, m["n_ch"], m["N"],
-                                          m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=True, HAS_INIT=False)
+                                          m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=True, HAS_INIT=False, **_passes())
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=True, **common)
     return (gu, gdelta, gA.sum((0, 1)), gB.sum(0), gC.sum(0), gD.sum((0, 1)) if D is not None else None, gz,
             gbias.sum((0, 1)) if bias is not None else None, g_init)
