@@ -89,13 +89,13 @@ def _channel(blk, i, b, n_ch, L, t_ok, BLOCK: tl.constexpr):
 
 @triton.jit
 def _channel_inputs(delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, A_ptr, state_ptr, carry_ptr,
-                    blk, i, b, c, n_ch, L, N, n_chunks, t, n, t_ok, n_ok, chunk_end,
+                    blk, i, b, c, n_ch, L, N, n_chunks, t, n, t_ok, n_ok,
                     BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_Z: tl.constexpr, GY: tl.constexpr,
-                    NEXT: tl.constexpr, STATE: tl.constexpr, CARRY: tl.constexpr):
+                    STATE: tl.constexpr, CARRY: tl.constexpr):
     """Channel i's rows in this chunk, loaded one channel ahead of their use so that their latency
     overlaps the scan of the channel before (the loop below carries them): raw delta (T,), its bias,
-    u (T,), and by flag z, the output gradient gy, raw delta at t + 1 (within the chunk), A (n,),
-    the chunk's incoming state and carried adjoint (n,). Unused results are zeros."""
+    u (T,), and by flag z, the output gradient gy, A (n,), the chunk's incoming state and carried
+    adjoint (n,). Unused results are zeros."""
     d, d_ok, mask, row = _channel(blk, i, b, n_ch, L, t_ok, BLOCK)
     zero_t = tl.zeros_like(t).to(tl.float32)
     zero_n = tl.zeros_like(n).to(tl.float32)
@@ -104,13 +104,11 @@ def _channel_inputs(delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, A_ptr, state_ptr,
     u = tl.load(u_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
     zz = tl.load(z_ptr + row + t, mask=mask, other=0.0).to(tl.float32) if HAS_Z else zero_t
     g = tl.load(gy_ptr + row + t, mask=mask, other=0.0).to(tl.float32) if GY else zero_t
-    next_ok = (t + 1 < chunk_end) & d_ok
-    raw_next = tl.load(delta_ptr + row + t + 1, mask=next_ok, other=0.0).to(tl.float32) if NEXT else zero_t
     A = tl.load(A_ptr + d * N + n, mask=n_ok & d_ok, other=0.0).to(tl.float32)
     state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
     h0 = tl.load(state_ptr + state_offsets, mask=n_ok & d_ok, other=0.0) if STATE else zero_n
     carry = tl.load(carry_ptr + state_offsets, mask=n_ok & d_ok, other=0.0) if CARRY else zero_n
-    return raw, bias, u, zz, g, raw_next, A, h0, carry
+    return raw, bias, u, zz, g, A, h0, carry
 
 
 @triton.jit
@@ -123,18 +121,17 @@ def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     """OUTPUT=False: chunk end states (from zero) and delta sums. OUTPUT=True: y from incoming states."""
     c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD)
-    chunk_end = tl.minimum(c * T + T, L)
     rows = (delta_ptr, bias_ptr, u_ptr, z_ptr, u_ptr, A_ptr, incoming_ptr, incoming_ptr)
-    flags = (BLOCK, HAS_BIAS, HAS_Z and OUTPUT, False, False, OUTPUT, False)
-    raw_n, bias_n, u_n, z_n, _, _, A_n, h0_n, _ = _channel_inputs(*rows, blk, 0, b, c, n_ch, L, N, n_chunks, t, n,
-                                                                  t_ok, n_ok, chunk_end, *flags)
+    flags = (BLOCK, HAS_BIAS, HAS_Z and OUTPUT, False, OUTPUT, False)
+    raw_n, bias_n, u_n, z_n, _, A_n, h0_n, _ = _channel_inputs(*rows, blk, 0, b, c, n_ch, L, N, n_chunks, t, n, t_ok,
+                                                               n_ok, *flags)
     B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     if OUTPUT:
         C_tile = tl.load(C_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     for i in tl.range(BLOCK, num_stages=STAGES, loop_unroll_factor=UNROLL):
         raw, bias, u, zz, A, h0 = raw_n, bias_n, u_n, z_n, A_n, h0_n
-        raw_n, bias_n, u_n, z_n, _, _, A_n, h0_n, _ = _channel_inputs(*rows, blk, i + 1, b, c, n_ch, L, N, n_chunks,
-                                                                      t, n, t_ok, n_ok, chunk_end, *flags)
+        raw_n, bias_n, u_n, z_n, _, A_n, h0_n, _ = _channel_inputs(*rows, blk, i + 1, b, c, n_ch, L, N, n_chunks, t,
+                                                                   n, t_ok, n_ok, *flags)
         d, d_ok, mask, row = _channel(blk, i, b, n_ch, L, t_ok, BLOCK)
         dt = _delta(raw, bias, mask, HAS_BIAS, SOFTPLUS)
         drive = (dt * u)[None, :] * B_tile
@@ -205,17 +202,18 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD)
     chunk_end = tl.minimum(c * T + T, L)
     rows = (delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, A_ptr, incoming_ptr, carry_in_ptr)
-    flags = (BLOCK, HAS_BIAS, HAS_Z, True, GRADS, GRADS, GRADS)
-    raw_n, bias_n, u_n, z_n, g_n, raw_next_n, A_n, h0_n, carry_n = _channel_inputs(
-        *rows, blk, 0, b, c, n_ch, L, N, n_chunks, t, n, t_ok, n_ok, chunk_end, *flags)
+    flags = (BLOCK, HAS_BIAS, HAS_Z, True, GRADS, GRADS)
+    t_back = c * T + T - 1 - tl.arange(0, T)  # the chunk's times backwards, for the adjoint's scan
+    raw_n, bias_n, u_n, z_n, g_n, A_n, h0_n, carry_n = _channel_inputs(*rows, blk, 0, b, c, n_ch, L, N, n_chunks, t, n,
+                                                                       t_ok, n_ok, *flags)
     B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     C_tile = tl.load(C_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     gB_acc = tl.zeros([N_PAD, T], dtype=tl.float32)
     gC_acc = tl.zeros([N_PAD, T], dtype=tl.float32)
     for i in tl.range(BLOCK, num_stages=STAGES, loop_unroll_factor=UNROLL):
-        raw, bias, u, zz, g, raw_next, A, h0, carry = raw_n, bias_n, u_n, z_n, g_n, raw_next_n, A_n, h0_n, carry_n
-        raw_n, bias_n, u_n, z_n, g_n, raw_next_n, A_n, h0_n, carry_n = _channel_inputs(
-            *rows, blk, i + 1, b, c, n_ch, L, N, n_chunks, t, n, t_ok, n_ok, chunk_end, *flags)
+        raw, bias, u, zz, g, A, h0, carry = raw_n, bias_n, u_n, z_n, g_n, A_n, h0_n, carry_n
+        raw_n, bias_n, u_n, z_n, g_n, A_n, h0_n, carry_n = _channel_inputs(*rows, blk, i + 1, b, c, n_ch, L, N,
+                                                                           n_chunks, t, n, t_ok, n_ok, *flags)
         d, d_ok, mask, row = _channel(blk, i, b, n_ch, L, t_ok, BLOCK)
         dt = _delta(raw, bias, mask, HAS_BIAS, SOFTPLUS)
         state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
@@ -229,14 +227,18 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             drive = (dt * u)[None, :] * B_tile
             a_cum, h = tl.associative_scan((a, drive), 1, _combine)
             h = h + a_cum * h0[:, None]
-            # Adjoint: lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1] within the chunk, plus the adjoint
-            # from later chunks times prod_{s=t+1}^{end} a[s]. With a[t+1] = 1 past the chunk end
-            # (delta masked to 0), the reverse scan's products are exactly that factor.
-            dt_next = _delta(raw_next, bias, (t + 1 < chunk_end) & d_ok, HAS_BIAS, SOFTPLUS)
-            a_next = tl.exp(dt_next[None, :] * A[:, None])
-            decay_to_end, lam = tl.associative_scan((a_next, C_tile * gy[None, :]), 1, _combine, reverse=True)
-            lam = lam + decay_to_end * carry[:, None]
-            lam = tl.where(tile_ok & d_ok, lam, 0.0)
+            # Adjoint: lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1], and at the chunk's last sample
+            # (where a[t+1] is 1: delta is masked to 0 past the chunk end) plus the adjoint carried in
+            # from later chunks. That is a forward scan over the chunk backwards in time: its decays
+            # read backwards from memory, C gy flipped in, lambda flipped out. Two flips; Triton's
+            # reverse scan makes four (its two inputs and two outputs), which took 0.4 ms more here.
+            next_ok = (t_back + 1 < chunk_end) & d_ok  # delta one sample later, read backwards (in cache)
+            raw_next_back = tl.load(delta_ptr + row + t_back + 1, mask=next_ok, other=0.0).to(tl.float32)
+            dt_next_back = _delta(raw_next_back, bias, next_ok, HAS_BIAS, SOFTPLUS)
+            lam_in = C_tile * gy[None, :] + carry[:, None] * (t == c * T + T - 1).to(tl.float32)[None, :]
+            _, lam_back = tl.associative_scan((tl.exp(dt_next_back[None, :] * A[:, None]), tl.flip(lam_in, 1)), 1,
+                                              _combine)
+            lam = tl.where(tile_ok & d_ok, tl.flip(lam_back, 1), 0.0)
             g_decay = lam * (h - drive)  # d loss / d (dt * A) = lambda[t] a[t] h[t-1]
             gdt = tl.sum(lam * B_tile, axis=0) * u + tl.sum(g_decay * A[:, None], axis=0)
             gu = tl.sum(lam * B_tile, axis=0) * dt
