@@ -4,9 +4,10 @@
         [--stages 1 2 3] [--unroll 1 2 4]
 
 Prints forward and forward+backward median times for the audio outer stage (B=16, D=128,
-L=16000, bf16), one row per setting (chunk length, channels per program, warps, pipelining stages
-and unroll factor of the loop over a program's channels), with the registers per thread and the
-bytes spilled of the forward "output" pass and the backward "gradients" pass.
+L=16000, bf16), one row per setting (chunk length, channels per program, warps of every chunk
+kernel, pipelining stages and unroll factor of the loop over a program's channels), with the
+registers per thread and the bytes spilled of the forward "output" pass and the backward
+"gradients" pass.
 """
 import argparse
 import itertools
@@ -51,7 +52,8 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for chunk, block, warps, stages, unroll in itertools.product(args.chunks, args.blocks, args.warps, args.stages,
                                                                  args.unroll):
-        kernels.MAX_CHUNK, kernels.BLOCK_D, kernels.NUM_WARPS = chunk, block, warps
+        kernels.MAX_CHUNK, kernels.BLOCK_D = chunk, block
+        kernels.NUM_WARPS = kernels.BIG_STATE_BACKWARD_WARPS = warps
         kernels.LOOP_STAGES, kernels.LOOP_UNROLL = stages, unroll
         kernels.TILE = args.n_state * chunk  # let the chunk reach MAX_CHUNK
         try:

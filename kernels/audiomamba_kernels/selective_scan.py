@@ -40,6 +40,7 @@ BLOCK_D = 16  # channels per program (their B, C tiles are loaded once)
 MAX_CHUNK = 64  # samples per chunk at most (tests lower both to exercise many chunks cheaply)
 TILE = 2048  # elements of an (n, T) tile: the chunk length is TILE / n, within [16, MAX_CHUNK]
 NUM_WARPS = 1  # warps per program of the chunk kernels (kernels/tune.py on H100: 1 warp, 64-sample chunks)
+BIG_STATE_BACKWARD_WARPS = 2  # ... but of the backward ones when n > 16 (at n = 64, 2 warps: 34.6 -> 25.7 ms)
 LOOP_STAGES = 1  # software-pipelining stages of the loop over a block's channels (tl.range's num_stages)
 LOOP_UNROLL = 1  # unroll factor of that loop
 PASS_CHUNKS = 32  # chunks that _pass_chunks scans at a time (an (n, PASS_CHUNKS) tile; 32-128 time the same on H100)
@@ -281,9 +282,10 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
     return tensors, meta
 
 
-def _tiles(m):
+def _tiles(m, backward: bool):
     """The chunk kernels' tile settings, from the module defaults (which tests and kernels/tune.py change)."""
-    return dict(T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, STAGES=LOOP_STAGES, UNROLL=LOOP_UNROLL, num_warps=NUM_WARPS)
+    warps = BIG_STATE_BACKWARD_WARPS if backward and m["N_PAD"] > 16 else NUM_WARPS
+    return dict(T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, STAGES=LOOP_STAGES, UNROLL=LOOP_UNROLL, num_warps=warps)
 
 
 def _passes():
@@ -304,7 +306,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u)
     sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"])
-    common = dict(_tiles(m), **flags)
+    common = dict(_tiles(m, backward=False), **flags)
     _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, OUTPUT=False, **common)
     init = initial_state.float().contiguous() if initial_state is not None else final
     _pass_chunks[(m["batch"], m["n_ch"])](A, end_state, dt_sum, incoming, init, final, m["n_ch"], m["N"],
@@ -334,7 +336,7 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u,
             gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu, gA, gB, gC, gD, gbias)
     sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"])
-    common = dict(_tiles(m), **flags)
+    common = dict(_tiles(m, backward=True), **flags)
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
     _pass_chunks[(m["batch"], m["n_ch"])](A, first, dt_sum, carry_in, g_init, g_init, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=True, HAS_INIT=False, **_passes())
