@@ -1,10 +1,10 @@
 """Sweep the scan kernels' tile settings on one shape, to choose the module defaults.
 
-    PYTHONPATH=.:kernels python kernels/tune.py [--n-state 16] [--chunks 64] [--blocks 16 32] [--warps 1]
-        [--stages 1 2 3] [--unroll 1 2 4]
+    PYTHONPATH=.:kernels python kernels/tune.py [--shape 16 128 16000] [--n-state 16] [--chunks 64]
+        [--blocks 16 32] [--warps 1] [--stages 1 2 3] [--unroll 1 2 4]
 
-Prints forward and forward+backward median times for the audio outer stage (B=16, D=128,
-L=16000, bf16), one row per setting (chunk length, channels per program, warps of every chunk
+Prints forward and forward+backward median times for one shape (batch, channels, length; by
+default the audio outer stage, B=16, D=128, L=16000), bf16, one row per setting (chunk length, channels per program, warps of every chunk
 kernel, pipelining stages and unroll factor of the loop over a program's channels), with the
 registers per thread and the bytes spilled of the forward "output" pass and the backward
 "gradients" pass.
@@ -38,6 +38,7 @@ def resources(recorder: _Recorder) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", type=int, nargs=3, default=[16, 128, 16000], metavar=("BATCH", "CHANNELS", "LENGTH"))
     parser.add_argument("--n-state", type=int, default=16)
     parser.add_argument("--chunks", type=int, nargs="+", default=[64])
     parser.add_argument("--blocks", type=int, nargs="+", default=[16])
@@ -47,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     forward, backward = _Recorder(kernels._scan_chunks), _Recorder(kernels._scan_chunks_bwd)
     kernels._scan_chunks, kernels._scan_chunks_bwd = forward, backward
-    print(f"N = {args.n_state}")
+    print(f"(B, D, L) = {tuple(args.shape)}, N = {args.n_state}")
     print("| chunk | BLOCK_D | warps | stages | unroll | forward ms | fwd+bwd ms | regs / spills fwd | bwd |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for chunk, block, warps, stages, unroll in itertools.product(args.chunks, args.blocks, args.warps, args.stages,
@@ -57,11 +58,11 @@ def main() -> None:
         kernels.LOOP_STAGES, kernels.LOOP_UNROLL = stages, unroll
         kernels.TILE = args.n_state * chunk  # let the chunk reach MAX_CHUNK
         try:
-            x = inputs(16, 128, 16000, args.n_state, False)
+            x = inputs(*args.shape, args.n_state, False)
             fwd = triton.testing.do_bench(lambda: kernels.selective_scan(**x, delta_softplus=True),
                                           return_mode="median")
             fwd_resources = resources(forward)
-            xg = inputs(16, 128, 16000, args.n_state, True)
+            xg = inputs(*args.shape, args.n_state, True)
 
             def both():
                 y = kernels.selective_scan(**xg, delta_softplus=True)
