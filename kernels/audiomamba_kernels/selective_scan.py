@@ -30,6 +30,8 @@ otherwise stall every iteration.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -118,12 +120,13 @@ def _channel_inputs(delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, A_ptr, state_ptr,
 @triton.jit
 def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
                  end_state_ptr, dt_sum_ptr, incoming_ptr,
-                 n_ch, L, N, n_chunks,
-                 T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr,
+                 n_ch, L_UNITS, N, n_chunks,
+                 L_ALIGN: tl.constexpr, T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr,
                  UNROLL: tl.constexpr, OUTPUT: tl.constexpr,
                  HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """OUTPUT=False: chunk end states (from zero) and delta sums. OUTPUT=True: y from incoming states."""
     c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    L = L_UNITS * L_ALIGN  # the length, known to the compiler as a multiple of L_ALIGN (see _prepare)
     t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD)
     rows = (delta_ptr, bias_ptr, u_ptr, z_ptr, u_ptr, A_ptr, incoming_ptr, incoming_ptr)
     flags = (BLOCK, HAS_BIAS, HAS_Z and OUTPUT, False, OUTPUT, False)
@@ -196,14 +199,15 @@ def _pass_chunks(A_ptr, chunk_ptr, dt_sum_ptr, carry_in_ptr, init_ptr, final_ptr
 def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gy_ptr,
                      incoming_ptr, first_ptr, carry_in_ptr,
                      gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr,
-                     n_ch, L, N, n_chunks,
-                     T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr,
+                     n_ch, L_UNITS, N, n_chunks,
+                     L_ALIGN: tl.constexpr, T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr,
                      UNROLL: tl.constexpr, GRADS: tl.constexpr,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """GRADS=False: per chunk, a[first] * lambda_local[first] (the adjoint a chunk hands to the one
     before it). GRADS=True: every gradient, from the adjoint carried in from later chunks; gA, gD
     and gbias as one partial sum per (batch row, chunk), gB and gC as one per channel block."""
     c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    L = L_UNITS * L_ALIGN  # the length, known to the compiler as a multiple of L_ALIGN (see _prepare)
     t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD)
     chunk_end = tl.minimum(c * T + T, L)
     rows = (delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, A_ptr, incoming_ptr, carry_in_ptr)
@@ -283,14 +287,21 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
     N = A.shape[1]
     tensors = [x.contiguous() if x is not None else None for x in (u, delta, A, B, C, D, z, delta_bias)]
     T = _chunk_len(N)
-    meta = dict(batch=batch, n_ch=n_ch, L=L, N=N, T=T, n_chunks=triton.cdiv(L, T), N_PAD=triton.next_power_of_2(N))
+    # Triton assumes an integer argument divisible by 16 when it is (and compiles for that), else
+    # nothing. A length like 1000 (the U-Net's center stage) would then make every row's start look
+    # unaligned, and the loads scalar: 2.6x slower. So the kernels take L as L_UNITS * L_ALIGN, with
+    # L_ALIGN (a power of two up to 16 dividing L) fixed at compile time.
+    align = math.gcd(L, 16)
+    meta = dict(batch=batch, n_ch=n_ch, L=L, N=N, T=T, n_chunks=triton.cdiv(L, T), N_PAD=triton.next_power_of_2(N),
+                L_UNITS=L // align, L_ALIGN=align)
     return tensors, meta
 
 
 def _tiles(m, backward: bool):
     """The chunk kernels' tile settings, from the module defaults (which tests and kernels/tune.py change)."""
     warps = BIG_STATE_BACKWARD_WARPS if backward and m["N_PAD"] > 16 else NUM_WARPS
-    return dict(T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, STAGES=LOOP_STAGES, UNROLL=LOOP_UNROLL, num_warps=warps)
+    return dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, STAGES=LOOP_STAGES, UNROLL=LOOP_UNROLL,
+                num_warps=warps)
 
 
 def _passes():
@@ -310,7 +321,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
     grid = (m["n_chunks"], m["batch"], triton.cdiv(m["n_ch"], BLOCK_D))
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u)
-    sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"])
+    sizes = (m["n_ch"], m["L_UNITS"], m["N"], m["n_chunks"])
     common = dict(_tiles(m, backward=False), **flags)
     _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, OUTPUT=False, **common)
     init = initial_state.float().contiguous() if initial_state is not None else final
@@ -340,7 +351,7 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u,
             gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu, gA, gB, gC, gD, gbias)
-    sizes = (m["n_ch"], m["L"], m["N"], m["n_chunks"])
+    sizes = (m["n_ch"], m["L_UNITS"], m["N"], m["n_chunks"])
     common = dict(_tiles(m, backward=True), **flags)
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
     _pass_chunks[(m["batch"], m["n_ch"])](A, first, dt_sum, carry_in, g_init, g_init, m["n_ch"], m["N"],
