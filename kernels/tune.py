@@ -4,10 +4,10 @@
         [--blocks 16 32] [--warps 1] [--stages 1 2 3] [--unroll 1 2 4]
 
 Prints forward and forward+backward median times for one shape (batch, channels, length; by
-default the audio outer stage, B=16, D=128, L=16000), bf16, one row per setting (chunk length, channels per program, warps of every chunk
-kernel, pipelining stages and unroll factor of the loop over a program's channels), with the
-registers per thread and the bytes spilled of the forward "output" pass and the backward
-"gradients" pass.
+default the audio outer stage, B=16, D=128, L=16000), bf16, one row per setting (chunk length,
+channels per program, warps of every chunk kernel, pipelining stages and unroll factor of the
+loop over a program's channels), with the registers per thread and the bytes spilled of the
+forward "output" pass and the backward "gradients" pass.
 """
 import argparse
 import itertools
@@ -38,7 +38,8 @@ def resources(recorder: _Recorder) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", type=int, nargs=3, default=[16, 128, 16000], metavar=("BATCH", "CHANNELS", "LENGTH"))
+    parser.add_argument("--shape", type=int, nargs=3, default=[16, 128, 16000],
+                        metavar=("BATCH", "CHANNELS", "LENGTH"))
     parser.add_argument("--n-state", type=int, default=16)
     parser.add_argument("--chunks", type=int, nargs="+", default=[64])
     parser.add_argument("--blocks", type=int, nargs="+", default=[16])

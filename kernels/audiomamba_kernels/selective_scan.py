@@ -42,12 +42,10 @@ BLOCK_D = 16  # channels per program (their B, C tiles are loaded once)
 MAX_CHUNK = 64  # samples per chunk at most (tests lower both to exercise many chunks cheaply)
 TILE = 2048  # elements of an (n, T) tile: the chunk length is TILE / n, within [16, MAX_CHUNK]
 NUM_WARPS = 1  # warps per program of the chunk kernels (kernels/tune.py on H100: 1 warp, 64-sample chunks)
-BIG_STATE_BACKWARD_WARPS = 2  # ... but of the backward ones when n > 16 (at n = 64, 2 warps: 34.6 -> 25.7 ms)
+BIG_STATE_BACKWARD_WARPS = 2  # ... but of the backward ones when n > 16 (n = 64, outer fwd+bwd: 34.6 -> 24.3 ms)
 LOOP_STAGES = 1  # software-pipelining stages of the loop over a block's channels (tl.range's num_stages)
 LOOP_UNROLL = 1  # unroll factor of that loop
 PASS_CHUNKS = 32  # chunks that _pass_chunks scans at a time (an (n, PASS_CHUNKS) tile; 32-128 time the same on H100)
-
-
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x log2 e): the chunk kernels scale A once, not every exponent
 
 
@@ -121,8 +119,8 @@ def _channel_inputs(delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, A_ptr, state_ptr,
 def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
                  end_state_ptr, dt_sum_ptr, incoming_ptr,
                  n_ch, L_UNITS, N, n_chunks,
-                 L_ALIGN: tl.constexpr, T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr,
-                 UNROLL: tl.constexpr, OUTPUT: tl.constexpr,
+                 L_ALIGN: tl.constexpr, T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr,
+                 STAGES: tl.constexpr, UNROLL: tl.constexpr, OUTPUT: tl.constexpr,
                  HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """OUTPUT=False: chunk end states (from zero) and delta sums. OUTPUT=True: y from incoming states."""
     c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -200,8 +198,8 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                      incoming_ptr, first_ptr, carry_in_ptr,
                      gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr,
                      n_ch, L_UNITS, N, n_chunks,
-                     L_ALIGN: tl.constexpr, T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr,
-                     UNROLL: tl.constexpr, GRADS: tl.constexpr,
+                     L_ALIGN: tl.constexpr, T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr,
+                     STAGES: tl.constexpr, UNROLL: tl.constexpr, GRADS: tl.constexpr,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """GRADS=False: per chunk, a[first] * lambda_local[first] (the adjoint a chunk hands to the one
     before it). GRADS=True: every gradient, from the adjoint carried in from later chunks; gA, gD
@@ -240,8 +238,9 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             # Adjoint: lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1], and at the chunk's last sample
             # (where a[t+1] is 1: delta is masked to 0 past the chunk end) plus the adjoint carried in
             # from later chunks. That is a forward scan over the chunk backwards in time: its decays
-            # read backwards from memory, C gy flipped in, lambda flipped out. Two flips; Triton's
-            # reverse scan makes four (its two inputs and two outputs), which took 0.4 ms more here.
+            # read backwards from memory, C gy flipped in, lambda flipped out. At the outer stage
+            # Triton's reverse scan cost 1.1 ms more than a forward one, a tl.flip about 0.2 ms
+            # (BENCHMARKS.md).
             next_ok = (t_back + 1 < chunk_end) & d_ok  # delta one sample later, read backwards (in cache)
             raw_next_back = tl.load(delta_ptr + row + t_back + 1, mask=next_ok, other=0.0).to(tl.float32)
             dt_next_back = _delta(raw_next_back, bias, next_ok, HAS_BIAS, SOFTPLUS)
