@@ -303,11 +303,6 @@ def _tiles(m, backward: bool):
                 num_warps=warps)
 
 
-def _passes():
-    """_pass_chunks' tile setting, from the module default."""
-    return dict(K=PASS_CHUNKS)
-
-
 def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
     (u, delta, A, B, C, D, z, bias), m = _prepare(u, delta, A, B, C, D, z, delta_bias)
     A = A.float()
@@ -326,7 +321,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
     init = initial_state.float().contiguous() if initial_state is not None else final
     _pass_chunks[(m["batch"], m["n_ch"])](A, end_state, dt_sum, incoming, init, final, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=False,
-                                          HAS_INIT=initial_state is not None, **_passes())
+                                          HAS_INIT=initial_state is not None, K=PASS_CHUNKS)
     _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, OUTPUT=True, **common)
     return y, final, incoming, dt_sum
 
@@ -354,7 +349,7 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     common = dict(_tiles(m, backward=True), **flags)
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
     _pass_chunks[(m["batch"], m["n_ch"])](A, first, dt_sum, carry_in, g_init, g_init, m["n_ch"], m["N"],
-                                          m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=True, HAS_INIT=False, **_passes())
+                                          m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=True, HAS_INIT=False, K=PASS_CHUNKS)
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=True, **common)
     return (gu, gdelta, gA.sum((0, 1)), gB.sum(0), gC.sum(0), gD.sum((0, 1)) if D is not None else None, gz,
             gbias.sum((0, 1)) if bias is not None else None, g_init)
