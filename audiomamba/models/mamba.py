@@ -1,6 +1,6 @@
 """Mamba: a selective state-space block (Gu & Dao 2023), whose step size and B, C depend on the input.
 
-    x, z = in_proj(u)                          x, z: (batch, length, E), E = expand * H
+    x, z = in_proj(u)                          x, z: (batch, E, length), E = expand * H
     x = silu(causal depthwise conv(x))         width ``d_conv``
     dt_low, B, C = x_proj(x)                   ranks R = ceil(H / 16), N, N
     delta = softplus(dt_proj(dt_low))          bias initialised so delta starts in [dt_min, dt_max]
@@ -21,6 +21,13 @@ from audiomamba.models.step_cache import cached_for_steps
 from audiomamba.ops.causal_conv import in_proj_conv_step
 from audiomamba.ops.residual_linear import residual_linear
 from audiomamba.ops.selective_scan import projected_state_update, selective_scan
+
+
+def _project(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """weight (out, in) times channel-first x (batch, in, length) -> (batch, out, length), contiguous.
+    A batched matmul with the weight on the left: ``torch.matmul`` would fold the batch into
+    x^T @ weight^T and return a transposed view, which the scan would then copy."""
+    return torch.bmm(weight.expand(x.shape[0], *weight.shape), x)
 
 
 class MambaBlock(nn.Module):
@@ -44,21 +51,20 @@ class MambaBlock(nn.Module):
         self.out_proj = nn.Linear(E, d_model, bias=False)
         self._step_cache = None  # A = -exp(A_log) while generating: see cached_for_steps
 
-    def _ssm_inputs(self, x: torch.Tensor):
-        """x (..., E) -> dt_low (..., R), B (..., N), C (..., N)."""
-        N = self.A_log.shape[1]
-        return torch.split(self.x_proj(x), [self.dt_rank, N, N], dim=-1)
-
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """Every activation between in_proj and out_proj is channel-first, (batch, channels, length):
+        the layout the conv and the scan read and write. Each projection multiplies it by its
+        weight from the left (``_project``), so no transposed copy is made, forward or backward."""
+        E, N = self.A_log.shape
         length = u.shape[1]
-        x, z = self.in_proj(u).chunk(2, dim=-1)
-        x = F.silu(self.conv(x.transpose(1, 2))[..., :length])  # (batch, E, length)
-        dt_low, B, C = self._ssm_inputs(x.transpose(1, 2))
-        delta = F.linear(dt_low, self.dt_proj.weight)  # bias goes in as delta_bias, in fp32
-        y = selective_scan(x, delta.transpose(1, 2), -torch.exp(self.A_log.float()), B.transpose(1, 2),
-                           C.transpose(1, 2), self.D.float(), z.transpose(1, 2),
+        u = u.mT  # (batch, H, length), a view
+        w_x, w_z = self.in_proj.weight.split(E)
+        x = F.silu(self.conv(_project(w_x, u))[..., :length])  # (batch, E, length)
+        dt_low, B, C = _project(self.x_proj.weight, x).split([self.dt_rank, N, N], dim=1)
+        delta = _project(self.dt_proj.weight, dt_low)  # bias goes in as delta_bias, in fp32
+        y = selective_scan(x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), _project(w_z, u),
                            delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
-        return self.out_proj(y.transpose(1, 2))
+        return _project(self.out_proj.weight, y).mT
 
     def initial_state(self, batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(conv buffer (batch, E, d_conv), SSM state (batch, E, N) fp32), zeros."""
