@@ -58,12 +58,14 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on projection and embedding matrices only (not SSM parameters)."""
+    """AdamW with weight decay on projection and embedding matrices only (not SSM parameters); on
+    CUDA its fused kernel (the default multi-tensor one made a compiled sc09_mamba step 1.38x
+    slower on an H100, BENCHMARKS.md)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (decay if name.endswith("weight") and param.dim() >= 2 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=next(model.parameters()).is_cuda)
 
 
 class _Logger:

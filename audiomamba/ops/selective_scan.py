@@ -47,7 +47,6 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     return (y, h[..., -1]) if return_last_state else y
 
 
-@torch.compiler.disable  # under torch.compile: run as is (Triton kernels or reference) between compiled parts
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, initial_state=None):
     """The selective scan: Triton kernels on CUDA when available, else the reference. Shapes as

@@ -31,6 +31,7 @@ otherwise stall every iteration.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import triton
@@ -355,29 +356,73 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
             gbias.sum((0, 1)) if bias is not None else None, g_init)
 
 
-class _SelectiveScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
-        y, final, incoming, dt_sum = _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, incoming, dt_sum, initial_state)
-        ctx.softplus = softplus
-        ctx.mark_non_differentiable(final)
-        return y, final
+# The scan as two PyTorch custom operators, forward and backward, with the backward registered as
+# the forward's gradient: torch.compile keeps them in its graph as single calls. (It cannot trace
+# an autograd.Function that launches these kernels, so a compiled sc09_mamba training step was
+# cut into 166 graphs at the scans, each with its own Python overhead.) Custom operators return
+# no None, so gradients of absent inputs come back as empty tensors.
 
-    @staticmethod
-    def backward(ctx, gy, _g_final):
-        u, delta, A, B, C, D, z, bias, incoming, dt_sum, initial_state = ctx.saved_tensors
-        gu, gdelta, gA, gB, gC, gD, gz, gbias, g_init = _backward(gy, u, delta, A, B, C, D, z, bias, ctx.softplus,
-                                                                  incoming, dt_sum)
-        return (gu, gdelta, gA.to(A.dtype), gB.to(B.dtype), gC.to(C.dtype), gD.to(D.dtype) if D is not None else None,
-                gz, gbias.to(bias.dtype) if bias is not None else None, None,
-                g_init.to(initial_state.dtype) if initial_state is not None else None)
+@torch.library.custom_op("audiomamba::selective_scan", mutates_args=())
+def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+          D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], softplus: bool,
+          initial_state: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, final state, each chunk's incoming state, each chunk's delta sum); see ``_forward``."""
+    return _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state)
+
+
+@_scan.register_fake
+def _scan_shapes(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
+    batch, n_ch, L = u.shape
+    N = A.shape[1]
+    n_chunks = triton.cdiv(L, _chunk_len(N))
+    f32 = dict(device=u.device, dtype=torch.float32)
+    return (torch.empty(u.shape, dtype=u.dtype, device=u.device), torch.empty(batch, n_ch, N, **f32),
+            torch.empty(batch, n_ch, N, n_chunks, **f32), torch.empty(batch, n_ch, n_chunks, **f32))
+
+
+@torch.library.custom_op("audiomamba::selective_scan_backward", mutates_args=())
+def _scan_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                   C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
+                   delta_bias: Optional[torch.Tensor], softplus: bool, incoming: torch.Tensor,
+                   dt_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                  torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(gu, gdelta, gA, gB, gC, gD, gz, gbias, g_initial_state); see ``_backward``."""
+    grads = _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_sum)
+    return tuple(g if g is not None else u.new_empty(0) for g in grads)
+
+
+@_scan_backward.register_fake
+def _scan_backward_shapes(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_sum):
+    def like(x, dtype=torch.float32):
+        return torch.empty(x.shape, dtype=dtype, device=u.device) if x is not None else u.new_empty(0)
+    return (like(u, u.dtype), like(delta, delta.dtype), like(A), like(B), like(C), like(D),
+            like(z, z.dtype if z is not None else None), like(delta_bias), like(incoming[..., 0]))
+
+
+def _scan_setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, softplus, initial_state = inputs
+    _, final, incoming, dt_sum = output
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, incoming, dt_sum, initial_state)
+    ctx.softplus = softplus
+    ctx.mark_non_differentiable(final, incoming, dt_sum)
+
+
+def _scan_gradients(ctx, gy, _g_final, _g_incoming, _g_dt_sum):
+    u, delta, A, B, C, D, z, bias, incoming, dt_sum, initial_state = ctx.saved_tensors
+    gu, gdelta, gA, gB, gC, gD, gz, gbias, g_init = _scan_backward(gy, u, delta, A, B, C, D, z, bias, ctx.softplus,
+                                                                   incoming, dt_sum)
+    return (gu, gdelta, gA.to(A.dtype), gB.to(B.dtype), gC.to(C.dtype), gD.to(D.dtype) if D is not None else None,
+            gz if z is not None else None, gbias.to(bias.dtype) if bias is not None else None, None,
+            g_init.to(initial_state.dtype) if initial_state is not None else None)
+
+
+_scan.register_autograd(_scan_gradients, setup_context=_scan_setup_context)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, initial_state=None):
     """Triton selective scan; arguments and results as ``selective_scan_ref``."""
-    y, final = _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    y, final, _, _ = _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     return (y, final) if return_last_state else y
 
 

@@ -123,6 +123,17 @@ def test_strided_inputs_as_mamba_passes_them_match_the_reference():
         assert rel_err(vectors[name].grad, ref_vectors[name].grad) <= 1e-4, name
 
 
+def test_the_scan_is_a_custom_operator_that_torch_compile_keeps_in_one_graph():
+    """Registered forward, backward, fake shapes and gradient agree (torch.library.opcheck), and a
+    compiled function that calls the scan is one graph: no break at the kernels' launches."""
+    inputs = make_inputs(2, 5, 4, 37, torch.float32, True, True, True)
+    args = tuple(inputs[k].requires_grad_() for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
+    result = torch.library.opcheck(kernels._scan, (*args, True, None))
+    assert all(outcome == "SUCCESS" for outcome in result.values()), result
+    explained = torch._dynamo.explain(lambda *a: kernels.selective_scan(*a, delta_softplus=True).sin().sum())(*args)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+
+
 @pytest.mark.parametrize("n", [16, 64])
 def test_bf16_inputs_match_the_reference_within_1e_2(n):
     inputs = make_inputs(2, 6, n, 45, torch.bfloat16, True, True, True)
