@@ -25,6 +25,7 @@ from audiomamba.checkpoint import load_train_state, load_weights, resolve_checkp
 from audiomamba.config import Recipe, TrainConfig
 from audiomamba.data.clipset import ClipSet, load_split
 from audiomamba.models.lm import WaveformLM
+from audiomamba.ops import triton_kernels
 
 LN2 = math.log(2.0)
 
@@ -66,6 +67,15 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
         (decay if name.endswith("weight") and param.dim() >= 2 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=next(model.parameters()).is_cuda)
+
+
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile(model), with the scan kernels imported first when the model is on CUDA: an
+    import inside the traced code is a graph break, which cut a compiled sc09_mamba training step
+    into 110 graphs (BENCHMARKS.md)."""
+    if next(model.parameters()).is_cuda:
+        triton_kernels.load("selective_scan")
+    return torch.compile(model)
 
 
 class _Logger:
@@ -175,7 +185,7 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True) -> Path:
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if distributed else model
     if cfg.compile:  # training steps only: checkpoints, EMA and validation keep the plain model
-        net = torch.compile(net)
+        net = compile_model(net)
     use_bf16 = cfg.bf16 and device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
     logger = _Logger(run_dir) if is_main else None

@@ -48,3 +48,17 @@ def test_bf16_training_forward_stays_close_to_fp32():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         got = m(tokens)
     assert ((got.float() - want).norm() / want.norm()).item() < 3e-2
+
+
+def test_a_compiled_model_is_one_graph_with_its_scans_inside():
+    """compile_model imports the scan kernels before torch.compile traces the model: an import
+    traced inside a block would break the graph there, at every Mamba block."""
+    from audiomamba.ops import triton_kernels
+    from audiomamba.train import compile_model
+
+    triton_kernels._modules.pop("selective_scan", None)  # as in a fresh process (earlier tests loaded it)
+    m = model().train()
+    compile_model(m)
+    tokens, labels = torch.randint(0, 256, (2, 64), device="cuda"), torch.tensor([0, 1], device="cuda")
+    explained = torch._dynamo.explain(m)(tokens, labels)
+    assert explained.graph_break_count == 0, explained.break_reasons
