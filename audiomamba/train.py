@@ -70,11 +70,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
 
 
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:
-    """torch.compile(model), with the scan kernels imported first when the model is on CUDA: an
-    import inside the traced code is a graph break, which cut a compiled sc09_mamba training step
-    into 110 graphs (BENCHMARKS.md)."""
+    """torch.compile(model), with the kernels of a training step imported first when the model is on
+    CUDA: an import inside the traced code is a graph break, which cut a compiled sc09_mamba
+    training step into 110 graphs (BENCHMARKS.md)."""
     if next(model.parameters()).is_cuda:
-        triton_kernels.load("selective_scan")
+        for name in ("selective_scan", "causal_conv"):
+            triton_kernels.load(name)
     return torch.compile(model)
 
 

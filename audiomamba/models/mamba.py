@@ -15,10 +15,9 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from audiomamba.models.step_cache import cached_for_steps
-from audiomamba.ops.causal_conv import in_proj_conv_step
+from audiomamba.ops.causal_conv import causal_conv_silu, in_proj_conv_step
 from audiomamba.ops.residual_linear import residual_linear
 from audiomamba.ops.selective_scan import projected_state_update, selective_scan
 
@@ -56,10 +55,9 @@ class MambaBlock(nn.Module):
         the layout the conv and the scan read and write. Each projection multiplies it by its
         weight from the left (``_project``), so no transposed copy is made, forward or backward."""
         E, N = self.A_log.shape
-        length = u.shape[1]
         u = u.mT  # (batch, H, length), a view
         w_x, w_z = self.in_proj.weight.split(E)
-        x = F.silu(self.conv(_project(w_x, u))[..., :length])  # (batch, E, length)
+        x = causal_conv_silu(_project(w_x, u), self.conv.weight[:, 0], self.conv.bias)  # (batch, E, length)
         dt_low, B, C = _project(self.x_proj.weight, x).split([self.dt_rank, N, N], dim=1)
         delta = _project(self.dt_proj.weight, dt_low)  # bias goes in as delta_bias, in fp32
         y = selective_scan(x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), _project(w_z, u),

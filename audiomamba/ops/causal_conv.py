@@ -1,10 +1,13 @@
-"""Mamba's generation step up to its scan: the optional pre-norm, in_proj, and the causal
-depthwise conv's step with silu.
+"""Mamba's causal depthwise conv with silu: over a whole sequence (training), and the generation
+step up to the scan (the optional pre-norm, in_proj, and the conv's step with silu).
+
+    y[t] = silu(bias + sum_k weight[:, k] * x[t - width + 1 + k])          (x zero before t = 0)
 
     u <- LayerNorm(u) (when the block's residual norm is fused in);   x, z = in_proj(u)
     conv_buf <- [conv_buf[..., 1:], x];   x = silu(sum_k conv_buf[..., k] * weight[:, k] + bias)
 
-``in_proj_conv_step`` runs one Triton kernel for CUDA tensors when the kernels are importable
+``causal_conv_silu`` runs Triton kernels (forward and backward) for CUDA tensors when the kernels
+are importable, and ``in_proj_conv_step`` runs one Triton kernel for CUDA tensors when the kernels are importable
 (instead of a norm, a GEMM and the conv's seven small kernels) and the reference here otherwise.
 """
 from __future__ import annotations
@@ -13,6 +16,19 @@ import torch
 import torch.nn.functional as F
 
 from audiomamba.ops import triton_kernels
+
+
+def causal_conv_silu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x: (batch, channels, length); weight: (channels, width); bias: (channels,). Returns
+    silu(causal depthwise conv) (batch, channels, length)."""
+    width = weight.shape[1]
+    return F.silu(F.conv1d(x, weight[:, None], bias, padding=width - 1, groups=x.shape[1])[..., :x.shape[-1]])
+
+
+def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The conv over a sequence (kernels on CUDA when available); see :func:`causal_conv_silu_ref`."""
+    kernels = triton_kernels.load("causal_conv") if x.is_cuda else None
+    return (kernels.causal_conv_silu if kernels else causal_conv_silu_ref)(x, weight, bias)
 
 
 def causal_conv_step_ref(conv_buf: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,

@@ -1,5 +1,17 @@
-"""Mamba's generation step up to its scan, in one Triton kernel: the optional pre-norm
-(LayerNorm), in_proj, the causal depthwise conv step and silu.
+"""Mamba's causal depthwise conv with silu, in Triton: over whole sequences for training (forward
+and backward), and as one kernel for the generation step up to the scan.
+
+**Sequences.** Same contract as ``audiomamba.ops.causal_conv.causal_conv_silu_ref``. A program
+takes SEQ_BLOCK samples of one (batch row, channel): y[t] = silu(bias + sum_k w[k] x[t - W + 1 + k])
+from shifted loads of its row (the overlaps are cache hits). The backward recomputes the
+pre-activations it needs instead of storing them: the gradient at x[t] gathers the taps' gradients
+g[t + m], m < W, each from its own pre-activation. Weight and bias gradients are summed per program
+and then by torch (no atomics: deterministic). Both are custom operators, so torch.compile keeps
+them in its graph. PyTorch's depthwise conv kernels took 23 of a compiled sc09_mamba training
+step's 151 GPU milliseconds (BENCHMARKS.md).
+
+**The generation step**: the optional pre-norm (LayerNorm), in_proj, the causal depthwise conv
+step and silu.
 
 Same contract as ``audiomamba.ops.causal_conv.in_proj_conv_step_ref`` (the test oracle). Each
 program takes BM batch rows and BE channels: it normalises its rows (a few hundred values each,
@@ -20,6 +32,103 @@ from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_
 
 BM = 16  # batch rows per program (tl.dot needs at least 16)
 BE = 32  # channels per program
+SEQ_BLOCK = 1024  # samples per program of the sequence kernels (tests lower it to cross several)
+
+
+@triton.jit
+def _tap(x_ptr, row_start, t, shift, L):
+    """x[t + shift] of one row (BLOCK,) in fp32; 0 outside [0, L) (the causal zero padding)."""
+    s = t + shift
+    return tl.load(x_ptr + row_start + s, mask=(s >= 0) & (s < L), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _pre_activation(x_ptr, w_ptr, bias, row_start, e, t, L, WIDTH: tl.constexpr):
+    """bias + sum_k w[k] x[t - WIDTH + 1 + k] (BLOCK,): the conv before silu."""
+    acc = tl.zeros(t.shape, dtype=tl.float32) + bias
+    for k in tl.static_range(WIDTH):
+        acc += tl.load(w_ptr + e * WIDTH + k).to(tl.float32) * _tap(x_ptr, row_start, t, k - WIDTH + 1, L)
+    return acc
+
+
+@triton.jit
+def _conv_silu(x_ptr, w_ptr, b_ptr, y_ptr, E, L, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+    row, e = tl.program_id(1), tl.program_id(1) % E
+    t = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    pre = _pre_activation(x_ptr, w_ptr, tl.load(b_ptr + e).to(tl.float32), row * L, e, t, L, WIDTH)
+    tl.store(y_ptr + row * L + t, (pre * tl.sigmoid(pre)).to(y_ptr.dtype.element_ty), mask=t < L)
+
+
+@triton.jit
+def _conv_silu_backward(x_ptr, w_ptr, b_ptr, gy_ptr, gx_ptr, gw_ptr, gb_ptr, E, L, WIDTH: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    """gx for this program's samples; its partial sums of gw (WIDTH,) and gb at (row, block)."""
+    row, e = tl.program_id(1), tl.program_id(1) % E
+    t = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    bias = tl.load(b_ptr + e).to(tl.float32)
+    partial = row * tl.num_programs(0) + tl.program_id(0)
+    gx = tl.zeros([BLOCK], dtype=tl.float32)
+    for m in tl.static_range(WIDTH):  # the gradient at the pre-activation of sample t + m
+        pre = _pre_activation(x_ptr, w_ptr, bias, row * L, e, t + m, L, WIDTH)
+        sig = tl.sigmoid(pre)
+        g = _tap(gy_ptr, row * L, t, m, L) * sig * (1.0 + pre * (1.0 - sig))
+        gx += tl.load(w_ptr + e * WIDTH + WIDTH - 1 - m).to(tl.float32) * g  # x[t] is tap W - 1 - m of t + m
+        if m == 0:
+            tl.store(gb_ptr + partial, tl.sum(g, axis=0))
+            for k in tl.static_range(WIDTH):
+                tl.store(gw_ptr + partial * WIDTH + k, tl.sum(g * _tap(x_ptr, row * L, t, k - WIDTH + 1, L), axis=0))
+    tl.store(gx_ptr + row * L + t, gx.to(gx_ptr.dtype.element_ty), mask=t < L)
+
+
+@torch.library.custom_op("audiomamba::causal_conv_silu", mutates_args=())
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    batch, E, L = x.shape
+    x, weight = x.contiguous(), weight.contiguous()
+    y = torch.empty_like(x)
+    _conv_silu[(triton.cdiv(L, SEQ_BLOCK), batch * E)](x, weight, bias, y, E, L, WIDTH=weight.shape[1],
+                                                       BLOCK=SEQ_BLOCK)
+    return y
+
+
+@_conv.register_fake
+def _conv_shape(x, weight, bias):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("audiomamba::causal_conv_silu_backward", mutates_args=())
+def _conv_backward(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    batch, E, L = x.shape
+    width = weight.shape[1]
+    x, weight, gy = x.contiguous(), weight.contiguous(), gy.contiguous()
+    blocks = triton.cdiv(L, SEQ_BLOCK)
+    gx = torch.empty_like(x)
+    gw = torch.empty(batch, E, blocks, width, device=x.device, dtype=torch.float32)
+    gb = torch.empty(batch, E, blocks, device=x.device, dtype=torch.float32)
+    _conv_silu_backward[(blocks, batch * E)](x, weight, bias, gy, gx, gw, gb, E, L, WIDTH=width, BLOCK=SEQ_BLOCK)
+    return gx, gw.sum((0, 2)).to(weight.dtype), gb.sum((0, 2)).to(bias.dtype)
+
+
+@_conv_backward.register_fake
+def _conv_backward_shapes(gy, x, weight, bias):
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device),
+            torch.empty(weight.shape, dtype=weight.dtype, device=x.device), torch.empty_like(bias))
+
+
+def _conv_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _conv_gradients(ctx, gy):
+    return _conv_backward(gy, *ctx.saved_tensors)
+
+
+_conv.register_autograd(_conv_gradients, setup_context=_conv_setup_context)
+
+
+def causal_conv_silu(x, weight, bias):
+    """silu(causal depthwise conv); arguments and result as ``causal_conv_silu_ref``."""
+    return _conv(x, weight, bias)
 
 
 @triton.jit
