@@ -4,8 +4,8 @@ and backward), and as one kernel for the generation step up to the scan.
 **Sequences.** Same contract as ``audiomamba.ops.causal_conv.causal_conv_silu_ref``. A program
 takes SEQ_BLOCK samples of one (batch row, channel): y[t] = silu(bias + sum_k w[k] x[t - W + 1 + k])
 from shifted loads of its row (the overlaps are cache hits). The backward recomputes the
-pre-activations it needs instead of storing them: the gradient at x[t] gathers the taps' gradients
-g[t + m], m < W, each from its own pre-activation. Weight and bias gradients are summed per program
+pre-activations instead of storing them, writes the gradient g at each pre-activation (in x's
+dtype), and a second kernel gathers the gradient at x[t] from g[t + m], m < W. Weight and bias gradients are summed per program
 and then by torch (no atomics: deterministic). Both are custom operators, so torch.compile keeps
 them in its graph. PyTorch's depthwise conv kernels took 23 of a compiled sc09_mamba training
 step's 151 GPU milliseconds (BENCHMARKS.md).
@@ -60,23 +60,30 @@ def _conv_silu(x_ptr, w_ptr, b_ptr, y_ptr, E, L, WIDTH: tl.constexpr, BLOCK: tl.
 
 
 @triton.jit
-def _conv_silu_backward(x_ptr, w_ptr, b_ptr, gy_ptr, gx_ptr, gw_ptr, gb_ptr, E, L, WIDTH: tl.constexpr,
+def _conv_silu_backward(x_ptr, w_ptr, b_ptr, gy_ptr, g_ptr, gw_ptr, gb_ptr, E, L, WIDTH: tl.constexpr,
                         BLOCK: tl.constexpr):
-    """gx for this program's samples; its partial sums of gw (WIDTH,) and gb at (row, block)."""
+    """g = gy * silu'(pre-activation), recomputed, for this program's samples; its partial sums of
+    gw (WIDTH,) and gb at (row, block)."""
     row, e = tl.program_id(1), tl.program_id(1) % E
     t = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    bias = tl.load(b_ptr + e).to(tl.float32)
+    pre = _pre_activation(x_ptr, w_ptr, tl.load(b_ptr + e).to(tl.float32), row * L, e, t, L, WIDTH)
+    sig = tl.sigmoid(pre)
+    g = _tap(gy_ptr, row * L, t, 0, L) * sig * (1.0 + pre * (1.0 - sig))
+    tl.store(g_ptr + row * L + t, g.to(g_ptr.dtype.element_ty), mask=t < L)
     partial = row * tl.num_programs(0) + tl.program_id(0)
+    tl.store(gb_ptr + partial, tl.sum(g, axis=0))
+    for k in tl.static_range(WIDTH):
+        tl.store(gw_ptr + partial * WIDTH + k, tl.sum(g * _tap(x_ptr, row * L, t, k - WIDTH + 1, L), axis=0))
+
+
+@triton.jit
+def _conv_input_grad(g_ptr, w_ptr, gx_ptr, E, L, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+    """gx[t] = sum_m w[WIDTH - 1 - m] g[t + m]: x[t] is tap WIDTH - 1 - m of sample t + m."""
+    row, e = tl.program_id(1), tl.program_id(1) % E
+    t = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     gx = tl.zeros([BLOCK], dtype=tl.float32)
-    for m in tl.static_range(WIDTH):  # the gradient at the pre-activation of sample t + m
-        pre = _pre_activation(x_ptr, w_ptr, bias, row * L, e, t + m, L, WIDTH)
-        sig = tl.sigmoid(pre)
-        g = _tap(gy_ptr, row * L, t, m, L) * sig * (1.0 + pre * (1.0 - sig))
-        gx += tl.load(w_ptr + e * WIDTH + WIDTH - 1 - m).to(tl.float32) * g  # x[t] is tap W - 1 - m of t + m
-        if m == 0:
-            tl.store(gb_ptr + partial, tl.sum(g, axis=0))
-            for k in tl.static_range(WIDTH):
-                tl.store(gw_ptr + partial * WIDTH + k, tl.sum(g * _tap(x_ptr, row * L, t, k - WIDTH + 1, L), axis=0))
+    for m in tl.static_range(WIDTH):
+        gx += tl.load(w_ptr + e * WIDTH + WIDTH - 1 - m).to(tl.float32) * _tap(g_ptr, row * L, t, m, L)
     tl.store(gx_ptr + row * L + t, gx.to(gx_ptr.dtype.element_ty), mask=t < L)
 
 
@@ -102,10 +109,11 @@ def _conv_backward(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     width = weight.shape[1]
     x, weight, gy = x.contiguous(), weight.contiguous(), gy.contiguous()
     blocks = triton.cdiv(L, SEQ_BLOCK)
-    gx = torch.empty_like(x)
+    g, gx = torch.empty_like(x), torch.empty_like(x)  # g: the gradient at the pre-activations, in x's dtype
     gw = torch.empty(batch, E, blocks, width, device=x.device, dtype=torch.float32)
     gb = torch.empty(batch, E, blocks, device=x.device, dtype=torch.float32)
-    _conv_silu_backward[(blocks, batch * E)](x, weight, bias, gy, gx, gw, gb, E, L, WIDTH=width, BLOCK=SEQ_BLOCK)
+    _conv_silu_backward[(blocks, batch * E)](x, weight, bias, gy, g, gw, gb, E, L, WIDTH=width, BLOCK=SEQ_BLOCK)
+    _conv_input_grad[(blocks, batch * E)](g, weight, gx, E, L, WIDTH=width, BLOCK=SEQ_BLOCK)
     return gx, gw.sum((0, 2)).to(weight.dtype), gb.sum((0, 2)).to(bias.dtype)
 
 
