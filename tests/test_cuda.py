@@ -51,12 +51,14 @@ def test_bf16_training_forward_stays_close_to_fp32():
 
 
 def test_a_compiled_model_is_one_graph_with_its_scans_inside():
-    """compile_model imports the scan kernels before torch.compile traces the model: an import
-    traced inside a block would break the graph there, at every Mamba block."""
+    """compile_model imports the kernels of a training step (the scan's, the conv's) before
+    torch.compile traces the model: an import traced inside a block would break the graph there,
+    at every Mamba block."""
     from audiomamba.ops import triton_kernels
     from audiomamba.train import compile_model
 
-    triton_kernels._modules.pop("selective_scan", None)  # as in a fresh process (earlier tests loaded it)
+    for name in ("selective_scan", "causal_conv"):  # as in a fresh process (earlier tests loaded them)
+        triton_kernels._modules.pop(name, None)
     m = model().train()
     compile_model(m)
     tokens, labels = torch.randint(0, 256, (2, 64), device="cuda"), torch.tensor([0, 1], device="cuda")

@@ -6,9 +6,9 @@ step up to the scan (the optional pre-norm, in_proj, and the conv's step with si
     u <- LayerNorm(u) (when the block's residual norm is fused in);   x, z = in_proj(u)
     conv_buf <- [conv_buf[..., 1:], x];   x = silu(sum_k conv_buf[..., k] * weight[:, k] + bias)
 
-``causal_conv_silu`` runs Triton kernels (forward and backward) for CUDA tensors when the kernels
-are importable, and ``in_proj_conv_step`` runs one Triton kernel for CUDA tensors when the kernels are importable
-(instead of a norm, a GEMM and the conv's seven small kernels) and the reference here otherwise.
+For CUDA tensors, when the kernels are importable, ``causal_conv_silu`` runs Triton kernels
+(forward and backward) and ``in_proj_conv_step`` one kernel (instead of a norm, a GEMM and the
+conv's seven small kernels); otherwise each runs its reference here.
 """
 from __future__ import annotations
 

@@ -4,11 +4,13 @@ and backward), and as one kernel for the generation step up to the scan.
 **Sequences.** Same contract as ``audiomamba.ops.causal_conv.causal_conv_silu_ref``. A program
 takes SEQ_BLOCK samples of one (batch row, channel): y[t] = silu(bias + sum_k w[k] x[t - W + 1 + k])
 from shifted loads of its row (the overlaps are cache hits). The backward recomputes the
-pre-activations instead of storing them, writes the gradient g at each pre-activation (in x's
-dtype), and a second kernel gathers the gradient at x[t] from g[t + m], m < W. Weight and bias gradients are summed per program
-and then by torch (no atomics: deterministic). Both are custom operators, so torch.compile keeps
-them in its graph. PyTorch's depthwise conv kernels took 23 of a compiled sc09_mamba training
-step's 151 GPU milliseconds (BENCHMARKS.md).
+pre-activations instead of storing them and writes the gradient g at each one (in x's dtype); a
+second kernel gathers the gradient at x[t] from g[t + m], m < W (one kernel that recomputed all W
+pre-activations of every sample took 1.6x as long at the outer stage). Weight and bias gradients
+are summed per program, then by torch (no atomics: deterministic). Both are custom operators, so
+torch.compile keeps them in its graph. PyTorch's depthwise conv took 23 of a compiled sc09_mamba
+training step's 151 GPU milliseconds; these kernels are 3.6x faster forward+backward at the outer
+stage (``kernels/bench_conv.py``, BENCHMARKS.md).
 
 **The generation step**: the optional pre-norm (LayerNorm), in_proj, the causal depthwise conv
 step and silu.

@@ -357,10 +357,10 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
 
 
 # The scan as two PyTorch custom operators, forward and backward, with the backward registered as
-# the forward's gradient: torch.compile keeps them in its graph as single calls. (It cannot trace
-# an autograd.Function that launches these kernels, so a compiled sc09_mamba training step was
-# cut into 166 graphs at the scans, each with its own Python overhead.) Custom operators return
-# no None, so gradients of absent inputs come back as empty tensors.
+# the forward's gradient: torch.compile keeps them in its graph as single calls. (Before, the scan
+# ran under torch.compiler.disable, which cut a compiled sc09_mamba training step into 166 graphs,
+# each with its own Python overhead.) Custom operators return no None, so gradients of absent
+# inputs come back as empty tensors.
 
 @torch.library.custom_op("audiomamba::selective_scan", mutates_args=())
 def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
