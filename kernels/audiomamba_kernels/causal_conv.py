@@ -4,8 +4,8 @@ and backward), and as one kernel for the generation step up to the scan.
 **Sequences.** Same contract as ``audiomamba.ops.causal_conv.causal_conv_silu_ref``. A program
 takes SEQ_BLOCK samples of one (batch row, channel): y[t] = silu(bias + sum_k w[k] x[t - W + 1 + k])
 from shifted loads of its row (the overlaps are cache hits). The backward recomputes the
-pre-activations instead of storing them and writes the gradient g at each one (in x's dtype); a
-second kernel gathers the gradient at x[t] from g[t + m], m < W (one kernel that recomputed all W
+pre-activations instead of storing them and writes the gradient g at each one (in fp32: in bf16
+its rounding added to gx's); a second kernel gathers the gradient at x[t] from g[t + m], m < W (one kernel that recomputed all W
 pre-activations of every sample took 1.6x as long at the outer stage). Weight and bias gradients
 are summed per program, then by torch (no atomics: deterministic). Both are custom operators, so
 torch.compile keeps them in its graph. PyTorch's depthwise conv took 23 of a compiled sc09_mamba
@@ -111,7 +111,8 @@ def _conv_backward(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     width = weight.shape[1]
     x, weight, gy = x.contiguous(), weight.contiguous(), gy.contiguous()
     blocks = triton.cdiv(L, SEQ_BLOCK)
-    g, gx = torch.empty_like(x), torch.empty_like(x)  # g: the gradient at the pre-activations, in x's dtype
+    g = torch.empty(x.shape, device=x.device, dtype=torch.float32)  # the gradient at the pre-activations
+    gx = torch.empty_like(x)
     gw = torch.empty(batch, E, blocks, width, device=x.device, dtype=torch.float32)
     gb = torch.empty(batch, E, blocks, device=x.device, dtype=torch.float32)
     _conv_silu_backward[(blocks, batch * E)](x, weight, bias, gy, g, gw, gb, E, L, WIDTH=width, BLOCK=SEQ_BLOCK)
