@@ -23,9 +23,9 @@ from audiomamba.ops.selective_scan import projected_state_update, selective_scan
 
 
 def _project(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """weight (out, in) times channel-first x (batch, in, length) -> (batch, out, length), contiguous.
-    A batched matmul with the weight on the left: ``torch.matmul`` would fold the batch into
-    x^T @ weight^T and return a transposed view, which the scan would then copy."""
+    """weight (out, in) times channel-first x (batch, in, length) -> (batch, out, length), contiguous
+    (the layout the conv and the scan read): a batched matmul with the weight on the left. x may be
+    a transposed view (in_proj's input); the matmul reads it as it is."""
     return torch.bmm(weight.expand(x.shape[0], *weight.shape), x)
 
 
