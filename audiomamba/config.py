@@ -85,6 +85,8 @@ class TrainConfig:
     ema: float = 0.0  # 0 disables; else the EMA decay of the weights (e.g. 0.999)
     init_from: str | None = None  # a checkpoint whose weights (EMA if kept) start a new run; --resume wins
     label_dropout: float = 0.1  # conditional models: share of labels replaced by "no label"
+    speed_change: float = 0.0  # augmentation: each clip played at a speed drawn in 1 +- this (0: off)
+    gain_db: float = 0.0  # augmentation: each clip scaled by a gain drawn in +- this many dB (0: off)
     bf16: bool = True  # autocast on CUDA; CPU always runs fp32
     compile: bool = False  # torch.compile the training forward (about a minute first; ~15% faster on sc09_mamba, H100)
     seed: int = 0

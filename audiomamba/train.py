@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from audiomamba.checkpoint import load_train_state, load_weights, resolve_checkpoint, save_checkpoint
 from audiomamba.config import Recipe, TrainConfig
+from audiomamba.data.augment import augment_tokens
 from audiomamba.data.clipset import ClipSet, load_split
 from audiomamba.models.lm import WaveformLM
 from audiomamba.ops import triton_kernels
@@ -208,7 +209,7 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True) -> Path:
         torch.manual_seed(cfg.seed + 7919 * (step + 1) + 104729 * rank)  # this step's dropout and label noise
         index = global_batch_indices(len(train_set), cfg.batch_size, step, cfg.seed)
         index = index[rank * local_batch:(rank + 1) * local_batch]
-        tokens = train_set.tokens[index].to(device, non_blocking=True).long()
+        tokens = augment_tokens(train_set.tokens[index].to(device, non_blocking=True), cfg.speed_change, cfg.gain_db)
         labels = None
         if recipe.model.n_classes:
             labels = train_set.labels[index].to(device)

@@ -193,7 +193,7 @@ def build_demo(models: DemoModels, out_dir: str | Path | None = None):
                 top_p = gr.Slider(0.01, 1.0, value=1.0, step=0.01, label="Top-p")
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 prefix = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Prefix to continue (optional)")
-                guidance = gr.Slider(1.0, 5.0, value=2.0, step=0.5,
+                guidance = gr.Slider(1.0, 5.0, value=3.0, step=0.5,
                                      label="Guidance (with a word; 1 = none, more = clearer word, less variety)")
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary")

@@ -57,7 +57,8 @@ def _run_cli(args, **kw):
 
 @pytest.mark.slow
 def test_kill_9_mid_run_then_resume_gives_the_weights_of_an_uninterrupted_run(tiny_recipe, tmp_path):
-    steps = ["train.max_steps=120", "train.ckpt_every=15", "model.dropout=0.1", "train.label_dropout=0.2"]
+    steps = ["train.max_steps=120", "train.ckpt_every=15", "model.dropout=0.1", "train.label_dropout=0.2",
+             "train.speed_change=0.1", "train.gain_db=6"]  # every random draw is seeded by the step
     straight = _run_cli(["train", str(tiny_recipe), "--quiet", *steps, f"train.out_dir={tmp_path / 'straight'}"])
     assert straight.wait(timeout=300) == 0, straight.stdout.read()
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from audiomamba.data.augment import change_speed, read_at
+
 
 @dataclass
 class ClassifierConfig:
@@ -121,18 +123,12 @@ def augment(audio: torch.Tensor, sample_rate: int, generator: torch.Generator | 
     def rand(*shape):
         return torch.rand(*shape, generator=generator, device="cpu").to(device)
 
-    def read(index):  # audio at integer positions (batch, length), zero outside the clip
-        return torch.where((index >= 0) & (index < length), audio.gather(1, index.clamp(0, length - 1)), 0.0)
-
     speed = 1 + (rand(batch, 1) * 2 - 1) * speed_change
-    position = torch.arange(length, device=device) * speed  # output sample j plays input time j * speed
-    left = position.long()
-    frac = position - left
-    audio = read(left) * (1 - frac) + read(left + 1) * frac
+    audio = change_speed(audio, speed)
 
     max_shift = sample_rate // 10
     shifts = ((rand(batch) * 2 - 1) * max_shift).long()
-    shifted = read(torch.arange(length, device=device)[None] - shifts[:, None])
+    shifted = read_at(audio, torch.arange(length, device=device)[None] - shifts[:, None])
     gain = 10 ** ((rand(batch, 1) * 12 - 6) / 20)
     power = shifted.pow(2).mean(1, keepdim=True).clamp(min=1e-8)
     snr = 10 ** ((rand(batch, 1) * 30 + 10) / 10)
