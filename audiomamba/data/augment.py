@@ -1,6 +1,8 @@
 """Waveform augmentation for training on few speakers: the generator's and the classifier's.
 
-The helpers take their random factors as arguments, so each caller draws them from its own RNG.
+``read_at`` and ``change_speed`` take their random factors as arguments (the classifier draws them
+from its own generator). ``augment_tokens``, the generator's, draws from the global torch RNG,
+which the training loop seeds at every step, so a resumed run draws the same.
 """
 from __future__ import annotations
 
