@@ -206,7 +206,7 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True) -> Path:
     started, last_ckpt, window_start, window_samples = time.time(), None, time.time(), 0
     model.train()
     while step < cfg.max_steps:
-        torch.manual_seed(cfg.seed + 7919 * (step + 1) + 104729 * rank)  # this step's dropout, augmentation, label noise
+        torch.manual_seed(cfg.seed + 7919 * (step + 1) + 104729 * rank)  # this step's dropout, augmentation, labels
         index = global_batch_indices(len(train_set), cfg.batch_size, step, cfg.seed)
         index = index[rank * local_batch:(rank + 1) * local_batch]
         tokens = augment_tokens(train_set.tokens[index].to(device, non_blocking=True), cfg.speed_change, cfg.gain_db)
