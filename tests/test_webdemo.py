@@ -98,6 +98,7 @@ def test_page_generates_clips_in_a_real_browser(server, tmp_path):
             "--disable-component-update", "--disable-sync", "--no-first-run"])
         page = browser.new_page()
         page.goto(server)
+        assert page.get_by_label("Word to say").first.input_value() == "yes"  # a conditional model starts on a word
         page.get_by_label("Number of clips").first.fill("2")
         page.get_by_role("button", name="Generate").click()
         page.get_by_text("Done: 2 clip(s)").wait_for(timeout=120_000)
