@@ -187,7 +187,7 @@ def build_demo(models: DemoModels, out_dir: str | Path | None = None):
         with gr.Row():
             with gr.Column():
                 n = gr.Slider(1, MAX_CLIPS, value=2, step=1, label="Number of clips")
-                label = gr.Dropdown(labels, value=labels[1] if len(labels) > 1 else "any",  # a word, guided
+                label = gr.Dropdown(labels, value=(models.label_names or ["any"])[0],  # a word, guided
                                     label="Word to say ('any' = unconditional)")
                 seconds = gr.Slider(0.05, MAX_SECONDS, value=1.0, step=0.05, label="Length (seconds)")
                 temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
