@@ -10,20 +10,25 @@ from audiomamba.sample import generate
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def model(n_classes=2):
+MIXED = dict(outer=["s4d", "mamba", "mlp"], center=["mamba", "s4d"])
+ALL_MAMBA = dict(outer=["mamba"] * 3, center=["mamba"] * 2)  # every stage's step is one fused kernel
+
+
+def model(n_classes=2, blocks=MIXED):
     torch.manual_seed(0)
-    cfg = ModelConfig(d_model=16, pool=[4, 4], outer=["s4d", "mamba", "mlp"], center=["mamba", "s4d"],
-                      s4d_state=8, mamba_state=8, n_classes=n_classes)
+    cfg = ModelConfig(d_model=16, pool=[4, 4], s4d_state=8, mamba_state=8, n_classes=n_classes, **blocks)
     return WaveformLM(cfg).cuda().eval()
 
 
-def test_cuda_stepping_matches_the_parallel_forward_in_fp32():
-    m = model()
-    tokens = torch.randint(0, 256, (3, 53), device="cuda")
-    labels = torch.tensor([0, 1, 2], device="cuda")
+@pytest.mark.parametrize("blocks, batch", [(MIXED, 3), (ALL_MAMBA, 3), (ALL_MAMBA, 300)],
+                         ids=["mixed", "all_mamba", "all_mamba_block_by_block"])  # 300 rows: past the fused kernel's batches
+def test_cuda_stepping_matches_the_parallel_forward_in_fp32(blocks, batch):
+    m = model(blocks=blocks)
+    tokens = torch.randint(0, 256, (batch, 53), device="cuda")
+    labels = torch.arange(batch, device="cuda") % 3
     with torch.no_grad():
         want = m(tokens, labels)
-        state, prev, got = m.initial_state(3, "cuda"), torch.full((3,), 128, device="cuda"), []
+        state, prev, got = m.initial_state(batch, "cuda"), torch.full((batch,), 128, device="cuda"), []
         for t in range(53):
             logits, state = m.step(prev, state, labels)
             got.append(logits)
@@ -31,9 +36,10 @@ def test_cuda_stepping_matches_the_parallel_forward_in_fp32():
     assert ((torch.stack(got, 1) - want).norm() / want.norm()).item() < 1e-4
 
 
+@pytest.mark.parametrize("blocks", [MIXED, ALL_MAMBA], ids=["mixed", "all_mamba"])
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
-def test_cuda_graph_sampling_reproduces_eager_sampling(guidance):
-    m = model()
+def test_cuda_graph_sampling_reproduces_eager_sampling(guidance, blocks):
+    m = model(blocks=blocks)
     prefix = torch.randint(0, 256, (9,), dtype=torch.uint8)
     graphed = generate(m, 5, 70, batch_size=5, seed=3, label=1, guidance=guidance, prefix=prefix, cuda_graphs=True)
     eager = generate(m, 5, 70, batch_size=5, seed=3, label=1, guidance=guidance, prefix=prefix, cuda_graphs=False)

@@ -35,6 +35,8 @@ from audiomamba.models.mamba import MambaBlock
 from audiomamba.models.mlp import MLPBlock
 from audiomamba.models.residual import ResidualBlock
 from audiomamba.models.s4d import S4DBlock
+from audiomamba.models.step_cache import cached_for_steps
+from audiomamba.ops.mamba_stack import mamba_stack_step, stack_weights
 
 
 def make_block(kind: str, d_model: int, cfg: ModelConfig) -> ResidualBlock:
@@ -85,16 +87,46 @@ class UpPool(nn.Module):
         return self.linear.forward(x).unflatten(1, (self.pool, -1))
 
 
-def _run(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-    for block in blocks:
-        x = block(x)
-    return x
+class StackedStates(list):
+    """A stage's per-block states (conv buffer, SSM state) when all its blocks are Mamba: views of
+    stacked tensors ``conv`` (K, batch, E, width) and ``ssm`` (K, batch, E, N), so that one fused
+    step can update every block's state, and the per-block steps still can."""
+
+    def __init__(self, conv: torch.Tensor, ssm: torch.Tensor):
+        super().__init__(zip(conv, ssm))
+        self.conv, self.ssm = conv, ssm
 
 
-def _run_step(blocks: nn.ModuleList, x: torch.Tensor, states: list) -> torch.Tensor:
-    for k, block in enumerate(blocks):
-        x, states[k] = block.step(x, states[k])
-    return x
+class Stage(nn.ModuleList):
+    """A stage's residual blocks, run in order: (batch, L, H) -> (batch, L, H), or one step
+    (batch, H) -> (batch, H). When every block is Mamba, the step on CUDA goes through
+    ``mamba_stack_step`` (one kernel for the whole stage where that pays), with the blocks'
+    weights stacked once per generation."""
+
+    def __init__(self, blocks):
+        super().__init__(blocks)
+        self.all_mamba = len(self) > 0 and all(isinstance(b.block, MambaBlock) for b in self)
+        self._step_cache = None  # the stacked weights: see cached_for_steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self:
+            x = block(x)
+        return x
+
+    def initial_state(self, batch: int, device=None) -> list:
+        if not self.all_mamba:
+            return [block.initial_state(batch, device) for block in self]
+        conv, ssm = zip(*(block.initial_state(batch, device) for block in self))
+        return StackedStates(torch.stack(conv), torch.stack(ssm))
+
+    def step(self, x: torch.Tensor, states: list) -> torch.Tensor:
+        """The state is updated in place."""
+        if x.is_cuda and isinstance(states, StackedStates):
+            weights = cached_for_steps(self, lambda: stack_weights(self), list(self.parameters()))
+            return mamba_stack_step(x, weights, states.conv, states.ssm)
+        for k, block in enumerate(self):
+            x, states[k] = block.step(x, states[k])
+        return x
 
 
 class SaShiMi(nn.Module):
@@ -106,8 +138,8 @@ class SaShiMi(nn.Module):
         widths = [cfg.d_model * cfg.expand**i for i in range(len(self.pools) + 1)]
         self.widths = widths
 
-        def stage(kinds: list[str], width: int) -> nn.ModuleList:
-            return nn.ModuleList(make_block(kind, width, cfg) for kind in kinds)
+        def stage(kinds: list[str], width: int) -> Stage:
+            return Stage(make_block(kind, width, cfg) for kind in kinds)
 
         self.down = nn.ModuleList(stage(cfg.outer if cfg.down_layers else [], w) for w in widths[:-1])
         self.down_pool = nn.ModuleList(DownPool(widths[i], widths[i + 1], p) for i, p in enumerate(self.pools))
@@ -125,24 +157,21 @@ class SaShiMi(nn.Module):
             raise ValueError(f"length {x.shape[1]} is not a multiple of the total pooling {self.stride}")
         skips = []
         for blocks, pool in zip(self.down, self.down_pool):
-            x = _run(blocks, x)
+            x = blocks(x)
             skips.append(x)
             x = pool(x)
-        x = _run(self.center, x)
+        x = self.center(x)
         for i in reversed(range(len(self.pools))):
-            x = _run(self.up[i], self.up_pool[i](x) + skips[i])
+            x = self.up[i](self.up_pool[i](x) + skips[i])
         return x
 
     def initial_state(self, batch: int, device=None) -> dict:
         """Every block's state, the pooling windows and upsampled buffers, and the sample count."""
-        def states(blocks):
-            return [block.initial_state(batch, device) for block in blocks]
-
         return {
             "t": 0,
-            "down": [states(blocks) for blocks in self.down],
-            "center": states(self.center),
-            "up": [states(blocks) for blocks in self.up],
+            "down": [stage.initial_state(batch, device) for stage in self.down],
+            "center": self.center.initial_state(batch, device),
+            "up": [stage.initial_state(batch, device) for stage in self.up],
             "window": [torch.zeros(batch, p, w, device=device) for p, w in zip(self.pools, self.widths)],
             "upsampled": [torch.zeros(batch, p, w, device=device) for p, w in zip(self.pools, self.widths)],
         }
@@ -156,8 +185,8 @@ class SaShiMi(nn.Module):
     def _step_stage(self, i: int, x: torch.Tensor, state: dict, t: int) -> torch.Tensor:
         """Stage i's step at its own time t // prod(pool[:i]); called when that division is exact."""
         if i == len(self.pools):
-            return _run_step(self.center, x, state["center"])
-        x = _run_step(self.down[i], x, state["down"][i])
+            return self.center.step(x, state["center"])
+        x = self.down[i].step(x, state["down"][i])
         tau, pool = t // math.prod(self.pools[:i]), self.pools[i]
         window = state["window"][i]
         window[:, (tau - 1) % pool] = x  # a ring buffer that is oldest-first whenever tau % pool == 0
@@ -165,4 +194,4 @@ class SaShiMi(nn.Module):
             inner = self._step_stage(i + 1, self.down_pool[i].step(window), state, t)
             state["upsampled"][i].copy_(self.up_pool[i].step(inner))
         x = state["upsampled"][i][:, tau % pool] + x
-        return _run_step(self.up[i], x, state["up"][i])
+        return self.up[i].step(x, state["up"][i])

@@ -79,3 +79,23 @@ def test_step_caches_follow_parameter_updates(kind, param):
     torch.testing.assert_close(after, fresh)
     torch.testing.assert_close(after, want)
     assert (after - before).abs().max() > 1e-6
+
+
+def test_a_stage_of_mamba_blocks_steps_as_its_blocks_do_one_by_one():
+    """The stacked weights and states that the fused stage step (one kernel on CUDA) works on
+    hold the same computation as the blocks' own steps."""
+    from audiomamba.models.sashimi import Stage, StackedStates
+    from audiomamba.ops.mamba_stack import mamba_stack_step_ref, stack_weights
+
+    stage = Stage(make_block("mamba", 12, CFG) for _ in range(3)).eval()
+    by_block, stacked = stage.initial_state(2), stage.initial_state(2)
+    assert isinstance(stacked, StackedStates)
+    with torch.no_grad():
+        for _ in range(4):
+            x = torch.randn(2, 12)
+            want = stage.step(x, by_block)
+            got = mamba_stack_step_ref(x, stack_weights(stage), stacked.conv, stacked.ssm)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stacked.ssm, by_block.ssm)
+    assert not isinstance(Stage([make_block("mamba", 12, CFG), make_block("mlp", 12, CFG)]).initial_state(2),
+                          StackedStates)

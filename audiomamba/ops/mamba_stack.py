@@ -1,0 +1,85 @@
+"""A run of residual Mamba blocks stepped as one: the generation step of a U-Net stage whose
+blocks are all Mamba.
+
+    for k in 0 .. K-1:   u <- u + out_proj_k(ssm_step_k(conv_step_k(in_proj_k(LayerNorm_k(u)))))
+
+which is ``ResidualBlock.step`` of each block in turn (``MambaBlock.step`` with its norm). The
+blocks' weights are stacked along a first axis of length K (``StackedMambaWeights``) and so are
+their states: conv buffers (K, batch, E, width) and SSM states (K, batch, E, N), fp32.
+
+For CUDA tensors, when the kernels are importable, ``mamba_stack_step`` is one Triton kernel for
+all K blocks (``audiomamba_kernels.mamba_stack``): each program keeps its batch row's residual
+stream in registers from block to block, so a stage's step is one launch instead of 3K. That
+pays for narrow stages at moderate batches only (``fused_step_pays``); wider ones run block by block with the
+per-block kernels. Without the kernels it runs block by block with the per-block references.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from audiomamba.ops import triton_kernels
+from audiomamba.ops.causal_conv import in_proj_conv_step, in_proj_conv_step_ref
+from audiomamba.ops.residual_linear import residual_linear, residual_linear_ref
+from audiomamba.ops.selective_scan import projected_state_update, projected_state_update_ref
+
+
+class StackedMambaWeights(NamedTuple):
+    """K blocks' weights, fp32 and contiguous; H = model width, E = inner width, N = state size,
+    R = dt rank, W = conv width."""
+    norm_weight: torch.Tensor  # (K, H)   the residual block's LayerNorm
+    norm_bias: torch.Tensor  # (K, H)
+    in_proj: torch.Tensor  # (K, 2E, H)
+    conv_weight: torch.Tensor  # (K, E, W)
+    conv_bias: torch.Tensor  # (K, E)
+    x_proj: torch.Tensor  # (K, R + 2N, E)
+    dt_proj: torch.Tensor  # (K, E, R)
+    dt_bias: torch.Tensor  # (K, E)
+    A: torch.Tensor  # (K, E, N)  = -exp(A_log)
+    D: torch.Tensor  # (K, E)
+    out_proj: torch.Tensor  # (K, H, E)
+    norm_eps: float
+
+
+def stack_weights(blocks) -> StackedMambaWeights:
+    """From residual blocks (``ResidualBlock`` around ``MambaBlock``) of one width."""
+    def stack(get):
+        return torch.stack([get(b).detach().float() for b in blocks]).contiguous()
+
+    return StackedMambaWeights(
+        stack(lambda b: b.norm.weight), stack(lambda b: b.norm.bias), stack(lambda b: b.block.in_proj.weight),
+        stack(lambda b: b.block.conv.weight[:, 0]), stack(lambda b: b.block.conv.bias),
+        stack(lambda b: b.block.x_proj.weight), stack(lambda b: b.block.dt_proj.weight),
+        stack(lambda b: b.block.dt_proj.bias), stack(lambda b: -torch.exp(b.block.A_log.float())),
+        stack(lambda b: b.block.D), stack(lambda b: b.block.out_proj.weight), blocks[0].norm.eps)
+
+
+def _block_by_block(u, weights, conv_state, ssm_state, front, ssm_step, back):
+    """The K blocks in turn, each as three calls: ``front`` (norm, in_proj, conv), ``ssm_step``
+    (x_proj, dt_proj, the state update, gate) and ``back`` (out_proj and the residual add)."""
+    w = weights
+    for k in range(len(w.in_proj)):
+        x, z = front(u, conv_state[k], w.in_proj[k], w.conv_weight[k], w.conv_bias[k], w.norm_weight[k],
+                     w.norm_bias[k], w.norm_eps)
+        y = ssm_step(ssm_state[k], x, z, w.x_proj[k], w.dt_proj[k], w.dt_bias[k], w.A[k], w.D[k])
+        u = back(u, y, w.out_proj[k])
+    return u
+
+
+def mamba_stack_step_ref(u: torch.Tensor, weights: StackedMambaWeights, conv_state: torch.Tensor,
+                         ssm_state: torch.Tensor) -> torch.Tensor:
+    """u: (batch, H) the residual stream; conv_state: (K, batch, E, W) and ssm_state (K, batch, E, N)
+    fp32, both updated in place. Returns u after the K blocks, (batch, H)."""
+    return _block_by_block(u, weights, conv_state, ssm_state, in_proj_conv_step_ref, projected_state_update_ref,
+                           residual_linear_ref)
+
+
+def mamba_stack_step(u, weights, conv_state, ssm_state):
+    """K blocks' step: one kernel on CUDA where it pays, else block by block with the per-block
+    kernels (or references); see :func:`mamba_stack_step_ref`."""
+    kernels = triton_kernels.load("mamba_stack") if u.is_cuda else None
+    if kernels and kernels.fused_step_pays(*u.shape):
+        return kernels.mamba_stack_step(u, weights, conv_state, ssm_state)
+    return _block_by_block(u, weights, conv_state, ssm_state, in_proj_conv_step, projected_state_update,
+                           residual_linear)
