@@ -14,7 +14,7 @@ A block makes two passes over its inner channels, in chunks of CE:
 64: the scratch round trip is in L1, and the backs' loads no longer wait for the fronts' tiles.)
 
 Everything is fp32 FMAs and reductions: one row gives no tile for tensor cores. Each row's
-program reads its stage's weights from L2 (about 126 KB per block at width 64), so the kernel
+program reads its stage's weights from L2 (128 KiB per block at width 64), so the kernel
 pays for narrow stages and moderate batches only; ``fused_step_pays`` says where, from the
 measurements in BENCHMARKS.md (H100, "Generation, session 10").
 """
