@@ -10,8 +10,11 @@ A block makes two passes over its inner channels, in chunks of CE:
 2. backs, once x_proj is summed over every chunk: dt_proj and softplus, the state update, D and
    the silu(z) gate, and the chunk's share of out_proj; u += out_proj(y).
 
-(Keeping x and z in registers when one chunk holds every channel measured 10% slower at width
-64: the scratch round trip is in L1, and the backs' loads no longer wait for the fronts' tiles.)
+At batch 1 a block is a chain of dependent steps on one SM, and each reduction is a barrier that
+later loads cannot be moved above. So for few rows (``FEW_ROWS``), when one chunk holds every
+channel, every load of a block (its weights and both states) is issued first, and x and z stay
+in registers (``HOIST``). That needs 8 warps' registers; with more rows, 4 warps and the two
+passes run more programs per SM. (BENCHMARKS.md, "Generation, session 10", has the measurements.)
 
 Everything is fp32 FMAs and reductions: one row gives no tile for tensor cores. Each row's
 program reads its stage's weights from L2 (128 KiB per block at width 64), so the kernel
@@ -27,7 +30,7 @@ import triton.language as tl
 from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
 
 TILE = 16384  # elements of a weight tile (CE x H): CE = TILE // H, at most E
-NUM_WARPS = 4
+FEW_ROWS = 16  # up to this batch: 8 warps, and HOIST when one chunk holds every channel
 MAX_WIDTH = 128  # the widest stage (H), and the largest batch, where this kernel was measured
 MAX_BATCH = 256  # faster than the per-block kernels
 
@@ -42,43 +45,59 @@ def _softplus(x):
 
 
 @triton.jit
-def _front(un, h, h_ok, e, e_ok, in_w, conv_row, conv_w, conv_b, xp, E, H, R, N, r, r_ok, n, n_ok,
-           WIDTH: tl.constexpr):
-    """Channels e of one block: x, z (CE,) after in_proj and the conv step (buffer updated), and
-    their shares of x_proj: dt_low (R_PAD,), B and C (N_PAD,)."""
-    w_ok = e_ok[:, None] & h_ok[None, :]
+def _front_loads(in_w, conv_row, conv_w, conv_b, xp, e, e_ok, h, h_ok, w, w_ok, r, r_ok, n, n_ok, E, H, R, N,
+                 WIDTH: tl.constexpr):
+    """What the front of channels e reads: in_proj's x and z rows (CE, H_PAD), the conv buffer
+    (CE, W_PAD) with the weights of its taps aligned to it (the oldest tap drops out), the newest
+    input's conv weight and the bias (CE,), and x_proj's columns (R_PAD or N_PAD, CE)."""
     rows = in_w + e[:, None] * H + h[None, :]
-    x = tl.sum(tl.load(rows, mask=w_ok, other=0.0) * un[None, :], 1)
-    z = tl.sum(tl.load(rows + E * H, mask=w_ok, other=0.0) * un[None, :], 1)
-    acc = tl.load(conv_b + e, mask=e_ok, other=0.0) + x * tl.load(conv_w + e * WIDTH + WIDTH - 1, mask=e_ok, other=0.0)
-    for j in tl.static_range(WIDTH - 1):
-        tap = tl.load(conv_row + e * WIDTH + j + 1, mask=e_ok, other=0.0)
-        acc += tap * tl.load(conv_w + e * WIDTH + j, mask=e_ok, other=0.0)
-        tl.debug_barrier()  # every read of tap j + 1 before any write of tap j
-        tl.store(conv_row + e * WIDTH + j, tap, mask=e_ok)
-    tl.store(conv_row + e * WIDTH + WIDTH - 1, x, mask=e_ok)
-    x = acc * tl.sigmoid(acc)
-    xe = x[None, :]
+    in_ok = e_ok[:, None] & h_ok[None, :]
+    buf_ok = e_ok[:, None] & w_ok[None, :]
     p_ok = n_ok[:, None] & e_ok[None, :]
-    dt_low = tl.sum(tl.load(xp + r[:, None] * E + e[None, :], mask=r_ok[:, None] & e_ok[None, :], other=0.0) * xe, 1)
-    Bv = tl.sum(tl.load(xp + (R + n[:, None]) * E + e[None, :], mask=p_ok, other=0.0) * xe, 1)
-    Cv = tl.sum(tl.load(xp + (R + N + n[:, None]) * E + e[None, :], mask=p_ok, other=0.0) * xe, 1)
-    return x, z, dt_low, Bv, Cv
+    return (tl.load(rows, mask=in_ok, other=0.0), tl.load(rows + E * H, mask=in_ok, other=0.0),
+            tl.load(conv_row + e[:, None] * WIDTH + w[None, :], mask=buf_ok, other=0.0),
+            tl.load(conv_w + e[:, None] * WIDTH + w[None, :] - 1, mask=buf_ok & (w[None, :] >= 1), other=0.0),
+            tl.load(conv_w + e * WIDTH + WIDTH - 1, mask=e_ok, other=0.0), tl.load(conv_b + e, mask=e_ok, other=0.0),
+            tl.load(xp + r[:, None] * E + e[None, :], mask=r_ok[:, None] & e_ok[None, :], other=0.0),
+            tl.load(xp + (R + n[:, None]) * E + e[None, :], mask=p_ok, other=0.0),
+            tl.load(xp + (R + N + n[:, None]) * E + e[None, :], mask=p_ok, other=0.0))
 
 
 @triton.jit
-def _back(x, z, dt_low, Bv, Cv, h, h_ok, e, e_ok, dt_w, dt_b, A, D, out_w, ssm_row, E, H, R, N, r, r_ok, n, n_ok):
-    """Channels e of one block: the SSM step (state updated) and their share of out_proj (H_PAD,)."""
-    w_dt = tl.load(dt_w + e[:, None] * R + r[None, :], mask=e_ok[:, None] & r_ok[None, :], other=0.0)
-    dt = _softplus(tl.sum(w_dt * dt_low[None, :], 1) + tl.load(dt_b + e, mask=e_ok, other=0.0))
+def _front(un, w_x, w_z, buf, buf_w, new_w, conv_b, xp_dt, xp_B, xp_C, conv_row, e, e_ok, w, w_ok,
+           WIDTH: tl.constexpr):
+    """Channels e of one block, from ``_front_loads``: x, z (CE,) after in_proj and the conv step
+    (the buffer shifted in place), and their shares of x_proj: dt_low (R_PAD,), B and C (N_PAD,)."""
+    x = tl.sum(w_x * un[None, :], 1)
+    z = tl.sum(w_z * un[None, :], 1)
+    acc = conv_b + x * new_w + tl.sum(buf * buf_w, 1)
+    tl.debug_barrier()  # every read of the buffer before the shifted writes
+    tl.store(conv_row + e[:, None] * WIDTH + w[None, :] - 1, buf, mask=e_ok[:, None] & w_ok[None, :] & (w[None, :] >= 1))
+    tl.store(conv_row + e * WIDTH + WIDTH - 1, x, mask=e_ok)
+    x = acc * tl.sigmoid(acc)
+    return x, z, tl.sum(xp_dt * x[None, :], 1), tl.sum(xp_B * x[None, :], 1), tl.sum(xp_C * x[None, :], 1)
+
+
+@triton.jit
+def _back_loads(dt_w, dt_b, A, D, out_w, ssm_row, e, e_ok, h, h_ok, r, r_ok, n, n_ok, E, R, N):
+    """What the back of channels e reads: dt_proj's rows (CE, R_PAD), the bias and D (CE,), the
+    state and A (CE, N_PAD), and out_proj's columns (H_PAD, CE)."""
     s_ok = e_ok[:, None] & n_ok[None, :]
-    state = ssm_row + e[:, None] * N + n[None, :]
-    decay = tl.exp(dt[:, None] * tl.load(A + e[:, None] * N + n[None, :], mask=s_ok, other=0.0))
-    s = decay * tl.load(state, mask=s_ok, other=0.0) + (dt * x)[:, None] * Bv[None, :]
-    tl.store(state, s, mask=s_ok)
-    y = tl.sum(s * Cv[None, :], 1) + tl.load(D + e, mask=e_ok, other=0.0) * x
-    y = y * z * tl.sigmoid(z)
-    w_out = tl.load(out_w + h[:, None] * E + e[None, :], mask=h_ok[:, None] & e_ok[None, :], other=0.0)
+    return (tl.load(dt_w + e[:, None] * R + r[None, :], mask=e_ok[:, None] & r_ok[None, :], other=0.0),
+            tl.load(dt_b + e, mask=e_ok, other=0.0), tl.load(D + e, mask=e_ok, other=0.0),
+            tl.load(ssm_row + e[:, None] * N + n[None, :], mask=s_ok, other=0.0),
+            tl.load(A + e[:, None] * N + n[None, :], mask=s_ok, other=0.0),
+            tl.load(out_w + h[:, None] * E + e[None, :], mask=h_ok[:, None] & e_ok[None, :], other=0.0))
+
+
+@triton.jit
+def _back(x, z, dt_low, Bv, Cv, w_dt, dt_b, D, s, A, w_out, ssm_row, e, e_ok, n, n_ok, N):
+    """Channels e of one block, from ``_back_loads``: the SSM step (state stored) and their share
+    of out_proj (H_PAD,)."""
+    dt = _softplus(tl.sum(w_dt * dt_low[None, :], 1) + dt_b)
+    s = tl.exp(dt[:, None] * A) * s + (dt * x)[:, None] * Bv[None, :]
+    tl.store(ssm_row + e[:, None] * N + n[None, :], s, mask=e_ok[:, None] & n_ok[None, :])
+    y = (tl.sum(s * Cv[None, :], 1) + D * x) * z * tl.sigmoid(z)
     return tl.sum(w_out * y[None, :], 1)
 
 
@@ -86,10 +105,11 @@ def _back(x, z, dt_low, Bv, Cv, h, h_ok, e, e_ok, dt_w, dt_b, A, D, out_w, ssm_r
 def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_ptr, conv_w_ptr, conv_b_ptr,
                       xp_ptr, dtw_ptr, dtb_ptr, A_ptr, D_ptr, out_w_ptr, conv_ptr, ssm_ptr,
                       n_blocks, batch, H, E, N, R, eps, H_PAD: tl.constexpr, CE: tl.constexpr, N_PAD: tl.constexpr,
-                      R_PAD: tl.constexpr, WIDTH: tl.constexpr, PDL: tl.constexpr):
+                      R_PAD: tl.constexpr, WIDTH: tl.constexpr, W_PAD: tl.constexpr, HOIST: tl.constexpr,
+                      PDL: tl.constexpr):
     b = tl.program_id(0)
-    h, n, r = tl.arange(0, H_PAD), tl.arange(0, N_PAD), tl.arange(0, R_PAD)
-    h_ok, n_ok, r_ok = h < H, n < N, r < R
+    h, n, r, w = tl.arange(0, H_PAD), tl.arange(0, N_PAD), tl.arange(0, R_PAD), tl.arange(0, W_PAD)
+    h_ok, n_ok, r_ok, w_ok = h < H, n < N, r < R, w < WIDTH
     P = R + 2 * N  # x_proj's rows: [0, R) dt_low, [R, R + N) B, [R + N, R + 2N) C
     wait_for_inputs(PDL)
     release_dependents(PDL)
@@ -97,38 +117,53 @@ def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_
     x_scratch = scratch_ptr + b * 2 * E
     z_scratch = x_scratch + E
     for k in range(n_blocks):
-        norm_w = tl.load(norm_w_ptr + k * H + h, mask=h_ok, other=0.0)
-        norm_b = tl.load(norm_b_ptr + k * H + h, mask=h_ok, other=0.0)
-        centred = tl.where(h_ok, u - tl.sum(u, 0) / H, 0.0)
-        un = centred / tl.sqrt(tl.sum(centred * centred, 0) / H + eps) * norm_w + norm_b
         in_w, xp = in_w_ptr + k * 2 * E * H, xp_ptr + k * P * E
         conv_row, conv_w, conv_b = conv_ptr + (k * batch + b) * E * WIDTH, conv_w_ptr + k * E * WIDTH, conv_b_ptr + k * E
         ssm_row, dt_w, dt_b = ssm_ptr + (k * batch + b) * E * N, dtw_ptr + k * E * R, dtb_ptr + k * E
         A, D, out_w = A_ptr + k * E * N, D_ptr + k * E, out_w_ptr + k * H * E
-        dt_low = tl.zeros([R_PAD], dtype=tl.float32)
-        Bv = tl.zeros([N_PAD], dtype=tl.float32)
-        Cv = tl.zeros([N_PAD], dtype=tl.float32)
-        for e0 in range(0, E, CE):
-            e = e0 + tl.arange(0, CE)
+        if HOIST:  # one chunk: every load of the block is issued before the first reduction
+            e = tl.arange(0, CE)
             e_ok = e < E
-            x, z, dt_part, B_part, C_part = _front(un, h, h_ok, e, e_ok, in_w, conv_row, conv_w, conv_b, xp,
-                                                   E, H, R, N, r, r_ok, n, n_ok, WIDTH)
-            tl.store(x_scratch + e, x, mask=e_ok)
-            tl.store(z_scratch + e, z, mask=e_ok)
-            dt_low += dt_part
-            Bv += B_part
-            Cv += C_part
-        tl.debug_barrier()  # the fronts' scratch writes before the backs read them
-        out = tl.zeros([H_PAD], dtype=tl.float32)
-        for e0 in range(0, E, CE):
-            e = e0 + tl.arange(0, CE)
-            e_ok = e < E
-            x = tl.load(x_scratch + e, mask=e_ok, other=0.0)
-            z = tl.load(z_scratch + e, mask=e_ok, other=0.0)
-            out += _back(x, z, dt_low, Bv, Cv, h, h_ok, e, e_ok, dt_w, dt_b, A, D, out_w, ssm_row, E, H, R, N,
-                         r, r_ok, n, n_ok)
-        tl.debug_barrier()  # the backs' scratch reads before the next block's writes
-        u += out
+            w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C = _front_loads(
+                in_w, conv_row, conv_w, conv_b, xp, e, e_ok, h, h_ok, w, w_ok, r, r_ok, n, n_ok, E, H, R, N, WIDTH)
+            w_dt, db, Dv, s, Av, w_out = _back_loads(dt_w, dt_b, A, D, out_w, ssm_row, e, e_ok, h, h_ok, r, r_ok,
+                                                     n, n_ok, E, R, N)
+        norm_w = tl.load(norm_w_ptr + k * H + h, mask=h_ok, other=0.0)
+        norm_b = tl.load(norm_b_ptr + k * H + h, mask=h_ok, other=0.0)
+        centred = tl.where(h_ok, u - tl.sum(u, 0) / H, 0.0)
+        un = centred / tl.sqrt(tl.sum(centred * centred, 0) / H + eps) * norm_w + norm_b
+        if HOIST:
+            x, z, dt_low, Bv, Cv = _front(un, w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C, conv_row, e, e_ok,
+                                          w, w_ok, WIDTH)
+            u += _back(x, z, dt_low, Bv, Cv, w_dt, db, Dv, s, Av, w_out, ssm_row, e, e_ok, n, n_ok, N)
+        else:  # the fronts of every chunk, x and z kept in the scratch; then the backs
+            dt_low = tl.zeros([R_PAD], dtype=tl.float32)
+            Bv = tl.zeros([N_PAD], dtype=tl.float32)
+            Cv = tl.zeros([N_PAD], dtype=tl.float32)
+            for e0 in range(0, E, CE):
+                e = e0 + tl.arange(0, CE)
+                e_ok = e < E
+                w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C = _front_loads(
+                    in_w, conv_row, conv_w, conv_b, xp, e, e_ok, h, h_ok, w, w_ok, r, r_ok, n, n_ok, E, H, R, N, WIDTH)
+                x, z, dt_part, B_part, C_part = _front(un, w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C,
+                                                       conv_row, e, e_ok, w, w_ok, WIDTH)
+                tl.store(x_scratch + e, x, mask=e_ok)
+                tl.store(z_scratch + e, z, mask=e_ok)
+                dt_low += dt_part
+                Bv += B_part
+                Cv += C_part
+            tl.debug_barrier()  # the fronts' scratch writes before the backs read them
+            out = tl.zeros([H_PAD], dtype=tl.float32)
+            for e0 in range(0, E, CE):
+                e = e0 + tl.arange(0, CE)
+                e_ok = e < E
+                w_dt, db, Dv, s, Av, w_out = _back_loads(dt_w, dt_b, A, D, out_w, ssm_row, e, e_ok, h, h_ok, r, r_ok,
+                                                         n, n_ok, E, R, N)
+                x = tl.load(x_scratch + e, mask=e_ok, other=0.0)
+                z = tl.load(z_scratch + e, mask=e_ok, other=0.0)
+                out += _back(x, z, dt_low, Bv, Cv, w_dt, db, Dv, s, Av, w_out, ssm_row, e, e_ok, n, n_ok, N)
+            tl.debug_barrier()  # the backs' scratch reads before the next block's writes
+            u += out
     tl.store(out_ptr + b * H + h, u.to(out_ptr.dtype.element_ty), mask=h_ok)
 
 
@@ -144,11 +179,13 @@ def mamba_stack_step(u, weights, conv_state, ssm_state):
     out = torch.empty_like(u)
     h_pad = triton.next_power_of_2(H)
     ce = min(triton.next_power_of_2(E), max(16, TILE // h_pad))
-    scratch = torch.empty(batch, 2, E, device=u.device, dtype=torch.float32)
+    few_rows = batch <= FEW_ROWS
+    hoist = few_rows and ce >= E
+    scratch = torch.empty(1 if hoist else batch, 2, E, device=u.device, dtype=torch.float32)
     pdl = launch_options(u)
     _mamba_stack_step[(batch,)](
         u, out, scratch, w.norm_weight, w.norm_bias, w.in_proj, w.conv_weight, w.conv_bias, w.x_proj, w.dt_proj,
         w.dt_bias, w.A, w.D, w.out_proj, conv_state, ssm_state, K, batch, H, E, N, R, w.norm_eps,
         H_PAD=h_pad, CE=ce, N_PAD=triton.next_power_of_2(N), R_PAD=max(2, triton.next_power_of_2(R)), WIDTH=width,
-        PDL=bool(pdl), num_warps=NUM_WARPS, **pdl)
+        W_PAD=triton.next_power_of_2(width), HOIST=hoist, PDL=bool(pdl), num_warps=8 if few_rows else 4, **pdl)
     return out
