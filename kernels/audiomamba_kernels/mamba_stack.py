@@ -10,11 +10,9 @@ A block makes two passes over its inner channels, in chunks of CE:
 2. backs, once x_proj is summed over every chunk: dt_proj and softplus, the state update, D and
    the silu(z) gate, and the chunk's share of out_proj; u += out_proj(y).
 
-At batch 1 a block is a chain of dependent steps on one SM, and each reduction is a barrier that
-later loads cannot be moved above. So for few rows (``FEW_ROWS``), when one chunk holds every
-channel, every load of a block (its weights and both states) is issued first, and x and z stay
-in registers (``HOIST``). That needs 8 warps' registers; with more rows, 4 warps and the two
-passes run more programs per SM. (BENCHMARKS.md, "Generation, session 10", has the measurements.)
+Each chunk issues all of its loads (weights, conv buffer, state) before it computes. A tile of
+16384 weights (width 128) needs 8 warps' registers; with many rows, 4 warps let more programs
+share an SM (``_num_warps``; BENCHMARKS.md, "Generation, session 10", has the measurements).
 
 Everything is fp32 FMAs and reductions: one row gives no tile for tensor cores. Each row's
 program reads its stage's weights from L2 (128 KiB per block at width 64), so the kernel
@@ -30,13 +28,17 @@ import triton.language as tl
 from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
 
 TILE = 16384  # elements of a weight tile (CE x H): CE = TILE // H, at most E
-FEW_ROWS = 16  # up to this batch: 8 warps, and HOIST when one chunk holds every channel
+FEW_ROWS = 64  # up to this batch, 8 warps for tiles of more than 8192 weights
 MAX_WIDTH = 128  # the widest stage (H), and the largest batch, where this kernel was measured
 MAX_BATCH = 256  # faster than the per-block kernels
 
 
 def fused_step_pays(batch: int, width: int) -> bool:
     return batch <= MAX_BATCH and width <= MAX_WIDTH
+
+
+def _num_warps(batch: int, tile: int) -> int:
+    return 8 if batch <= FEW_ROWS and tile > 8192 else 4
 
 
 @triton.jit
@@ -105,8 +107,7 @@ def _back(x, z, dt_low, Bv, Cv, w_dt, dt_b, D, s, A, w_out, ssm_row, e, e_ok, n,
 def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_ptr, conv_w_ptr, conv_b_ptr,
                       xp_ptr, dtw_ptr, dtb_ptr, A_ptr, D_ptr, out_w_ptr, conv_ptr, ssm_ptr,
                       n_blocks, batch, H, E, N, R, eps, H_PAD: tl.constexpr, CE: tl.constexpr, N_PAD: tl.constexpr,
-                      R_PAD: tl.constexpr, WIDTH: tl.constexpr, W_PAD: tl.constexpr, HOIST: tl.constexpr,
-                      PDL: tl.constexpr):
+                      R_PAD: tl.constexpr, WIDTH: tl.constexpr, W_PAD: tl.constexpr, PDL: tl.constexpr):
     b = tl.program_id(0)
     h, n, r, w = tl.arange(0, H_PAD), tl.arange(0, N_PAD), tl.arange(0, R_PAD), tl.arange(0, W_PAD)
     h_ok, n_ok, r_ok, w_ok = h < H, n < N, r < R, w < WIDTH
@@ -121,49 +122,37 @@ def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_
         conv_row, conv_w, conv_b = conv_ptr + (k * batch + b) * E * WIDTH, conv_w_ptr + k * E * WIDTH, conv_b_ptr + k * E
         ssm_row, dt_w, dt_b = ssm_ptr + (k * batch + b) * E * N, dtw_ptr + k * E * R, dtb_ptr + k * E
         A, D, out_w = A_ptr + k * E * N, D_ptr + k * E, out_w_ptr + k * H * E
-        if HOIST:  # one chunk: every load of the block is issued before the first reduction
-            e = tl.arange(0, CE)
-            e_ok = e < E
-            w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C = _front_loads(
-                in_w, conv_row, conv_w, conv_b, xp, e, e_ok, h, h_ok, w, w_ok, r, r_ok, n, n_ok, E, H, R, N, WIDTH)
-            w_dt, db, Dv, s, Av, w_out = _back_loads(dt_w, dt_b, A, D, out_w, ssm_row, e, e_ok, h, h_ok, r, r_ok,
-                                                     n, n_ok, E, R, N)
         norm_w = tl.load(norm_w_ptr + k * H + h, mask=h_ok, other=0.0)
         norm_b = tl.load(norm_b_ptr + k * H + h, mask=h_ok, other=0.0)
         centred = tl.where(h_ok, u - tl.sum(u, 0) / H, 0.0)
         un = centred / tl.sqrt(tl.sum(centred * centred, 0) / H + eps) * norm_w + norm_b
-        if HOIST:
-            x, z, dt_low, Bv, Cv = _front(un, w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C, conv_row, e, e_ok,
-                                          w, w_ok, WIDTH)
-            u += _back(x, z, dt_low, Bv, Cv, w_dt, db, Dv, s, Av, w_out, ssm_row, e, e_ok, n, n_ok, N)
-        else:  # the fronts of every chunk, x and z kept in the scratch; then the backs
-            dt_low = tl.zeros([R_PAD], dtype=tl.float32)
-            Bv = tl.zeros([N_PAD], dtype=tl.float32)
-            Cv = tl.zeros([N_PAD], dtype=tl.float32)
-            for e0 in range(0, E, CE):
-                e = e0 + tl.arange(0, CE)
-                e_ok = e < E
-                w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C = _front_loads(
-                    in_w, conv_row, conv_w, conv_b, xp, e, e_ok, h, h_ok, w, w_ok, r, r_ok, n, n_ok, E, H, R, N, WIDTH)
-                x, z, dt_part, B_part, C_part = _front(un, w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C,
-                                                       conv_row, e, e_ok, w, w_ok, WIDTH)
-                tl.store(x_scratch + e, x, mask=e_ok)
-                tl.store(z_scratch + e, z, mask=e_ok)
-                dt_low += dt_part
-                Bv += B_part
-                Cv += C_part
-            tl.debug_barrier()  # the fronts' scratch writes before the backs read them
-            out = tl.zeros([H_PAD], dtype=tl.float32)
-            for e0 in range(0, E, CE):
-                e = e0 + tl.arange(0, CE)
-                e_ok = e < E
-                w_dt, db, Dv, s, Av, w_out = _back_loads(dt_w, dt_b, A, D, out_w, ssm_row, e, e_ok, h, h_ok, r, r_ok,
-                                                         n, n_ok, E, R, N)
-                x = tl.load(x_scratch + e, mask=e_ok, other=0.0)
-                z = tl.load(z_scratch + e, mask=e_ok, other=0.0)
-                out += _back(x, z, dt_low, Bv, Cv, w_dt, db, Dv, s, Av, w_out, ssm_row, e, e_ok, n, n_ok, N)
-            tl.debug_barrier()  # the backs' scratch reads before the next block's writes
-            u += out
+        dt_low = tl.zeros([R_PAD], dtype=tl.float32)
+        Bv = tl.zeros([N_PAD], dtype=tl.float32)
+        Cv = tl.zeros([N_PAD], dtype=tl.float32)
+        for e0 in range(0, E, CE):
+            e = e0 + tl.arange(0, CE)
+            e_ok = e < E
+            w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C = _front_loads(
+                in_w, conv_row, conv_w, conv_b, xp, e, e_ok, h, h_ok, w, w_ok, r, r_ok, n, n_ok, E, H, R, N, WIDTH)
+            x, z, dt_part, B_part, C_part = _front(un, w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C,
+                                                   conv_row, e, e_ok, w, w_ok, WIDTH)
+            tl.store(x_scratch + e, x, mask=e_ok)
+            tl.store(z_scratch + e, z, mask=e_ok)
+            dt_low += dt_part
+            Bv += B_part
+            Cv += C_part
+        tl.debug_barrier()  # the fronts' scratch writes before the backs read them
+        out = tl.zeros([H_PAD], dtype=tl.float32)
+        for e0 in range(0, E, CE):
+            e = e0 + tl.arange(0, CE)
+            e_ok = e < E
+            w_dt, db, Dv, s, Av, w_out = _back_loads(dt_w, dt_b, A, D, out_w, ssm_row, e, e_ok, h, h_ok, r, r_ok,
+                                                     n, n_ok, E, R, N)
+            x = tl.load(x_scratch + e, mask=e_ok, other=0.0)
+            z = tl.load(z_scratch + e, mask=e_ok, other=0.0)
+            out += _back(x, z, dt_low, Bv, Cv, w_dt, db, Dv, s, Av, w_out, ssm_row, e, e_ok, n, n_ok, N)
+        tl.debug_barrier()  # the backs' scratch reads before the next block's writes
+        u += out
     tl.store(out_ptr + b * H + h, u.to(out_ptr.dtype.element_ty), mask=h_ok)
 
 
@@ -179,13 +168,11 @@ def mamba_stack_step(u, weights, conv_state, ssm_state):
     out = torch.empty_like(u)
     h_pad = triton.next_power_of_2(H)
     ce = min(triton.next_power_of_2(E), max(16, TILE // h_pad))
-    few_rows = batch <= FEW_ROWS
-    hoist = few_rows and ce >= E
-    scratch = torch.empty(1 if hoist else batch, 2, E, device=u.device, dtype=torch.float32)
+    scratch = torch.empty(batch, 2, E, device=u.device, dtype=torch.float32)
     pdl = launch_options(u)
     _mamba_stack_step[(batch,)](
         u, out, scratch, w.norm_weight, w.norm_bias, w.in_proj, w.conv_weight, w.conv_bias, w.x_proj, w.dt_proj,
         w.dt_bias, w.A, w.D, w.out_proj, conv_state, ssm_state, K, batch, H, E, N, R, w.norm_eps,
         H_PAD=h_pad, CE=ce, N_PAD=triton.next_power_of_2(N), R_PAD=max(2, triton.next_power_of_2(R)), WIDTH=width,
-        W_PAD=triton.next_power_of_2(width), HOIST=hoist, PDL=bool(pdl), num_warps=8 if few_rows else 4, **pdl)
+        W_PAD=triton.next_power_of_2(width), PDL=bool(pdl), num_warps=_num_warps(batch, ce * h_pad), **pdl)
     return out

@@ -26,12 +26,10 @@ def random_stage(H, N, K):
     return stage.to(DEVICE).eval()
 
 
-@pytest.mark.parametrize("layout", ["default", "one_chunk", "chunks"])  # default: hoisted at few rows
+@pytest.mark.parametrize("tile", ["default", "small"])  # small: the channels in several chunks
 @pytest.mark.parametrize("batch, H, N, K", SHAPES)
-def test_one_kernel_for_the_stage_matches_the_block_by_block_reference(batch, H, N, K, layout, monkeypatch):
-    if layout != "default":
-        monkeypatch.setattr(kernels, "FEW_ROWS", 0)
-    if layout == "chunks":
+def test_one_kernel_for_the_stage_matches_the_block_by_block_reference(batch, H, N, K, tile, monkeypatch):
+    if tile == "small":
         monkeypatch.setattr(kernels, "TILE", 16 * H)
     stage = random_stage(H, N, K)
     weights = stack_weights(stage)
