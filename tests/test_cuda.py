@@ -20,8 +20,8 @@ def model(n_classes=2, blocks=MIXED):
     return WaveformLM(cfg).cuda().eval()
 
 
-@pytest.mark.parametrize("blocks, batch", [(MIXED, 3), (ALL_MAMBA, 3), (ALL_MAMBA, 300)],
-                         ids=["mixed", "all_mamba", "all_mamba_block_by_block"])  # 300 rows: past the fused kernel's batches
+@pytest.mark.parametrize("blocks, batch", [(MIXED, 3), (ALL_MAMBA, 3), (ALL_MAMBA, 300)],  # 300: block by block
+                         ids=["mixed", "all_mamba", "all_mamba_300_rows"])
 def test_cuda_stepping_matches_the_parallel_forward_in_fp32(blocks, batch):
     m = model(blocks=blocks)
     tokens = torch.randint(0, 256, (batch, 53), device="cuda")

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
+from audiomamba_kernels.selective_scan import _softplus
 
 TILE = 16384  # elements of a weight tile (CE x H): CE = TILE // H, at most E
 FEW_ROWS = 64  # up to this batch, 8 warps for tiles of more than 8192 weights
@@ -39,11 +40,6 @@ def fused_step_pays(batch: int, width: int) -> bool:
 
 def _num_warps(batch: int, tile: int) -> int:
     return 8 if batch <= FEW_ROWS and tile > 8192 else 4
-
-
-@triton.jit
-def _softplus(x):
-    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
 
 
 @triton.jit
@@ -74,7 +70,8 @@ def _front(un, w_x, w_z, buf, buf_w, new_w, conv_b, xp_dt, xp_B, xp_C, conv_row,
     z = tl.sum(w_z * un[None, :], 1)
     acc = conv_b + x * new_w + tl.sum(buf * buf_w, 1)
     tl.debug_barrier()  # every read of the buffer before the shifted writes
-    tl.store(conv_row + e[:, None] * WIDTH + w[None, :] - 1, buf, mask=e_ok[:, None] & w_ok[None, :] & (w[None, :] >= 1))
+    shifted_ok = e_ok[:, None] & w_ok[None, :] & (w[None, :] >= 1)
+    tl.store(conv_row + e[:, None] * WIDTH + w[None, :] - 1, buf, mask=shifted_ok)
     tl.store(conv_row + e * WIDTH + WIDTH - 1, x, mask=e_ok)
     x = acc * tl.sigmoid(acc)
     return x, z, tl.sum(xp_dt * x[None, :], 1), tl.sum(xp_B * x[None, :], 1), tl.sum(xp_C * x[None, :], 1)
@@ -119,7 +116,8 @@ def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_
     z_scratch = x_scratch + E
     for k in range(n_blocks):
         in_w, xp = in_w_ptr + k * 2 * E * H, xp_ptr + k * P * E
-        conv_row, conv_w, conv_b = conv_ptr + (k * batch + b) * E * WIDTH, conv_w_ptr + k * E * WIDTH, conv_b_ptr + k * E
+        conv_row = conv_ptr + (k * batch + b) * E * WIDTH
+        conv_w, conv_b = conv_w_ptr + k * E * WIDTH, conv_b_ptr + k * E
         ssm_row, dt_w, dt_b = ssm_ptr + (k * batch + b) * E * N, dtw_ptr + k * E * R, dtb_ptr + k * E
         A, D, out_w = A_ptr + k * E * N, D_ptr + k * E, out_w_ptr + k * H * E
         norm_w = tl.load(norm_w_ptr + k * H + h, mask=h_ok, other=0.0)
