@@ -30,12 +30,14 @@ from audiomamba_kernels.selective_scan import _softplus
 
 TILE = 16384  # elements of a weight tile (CE x H): CE = TILE // H, at most E
 FEW_ROWS = 64  # up to this batch, 8 warps for tiles of more than 8192 weights
-MAX_WIDTH = 128  # the widest stage (H), and the largest batch, where this kernel was measured
-MAX_BATCH = 256  # faster than the per-block kernels
+MAX_WIDTH = 128  # where this kernel measured faster than the per-block kernels: stages up to this
+MAX_ROWS_WIDTH2 = 1024 * 64**2  # width, at batch x width^2 (the weights read per block) up to this
 
 
 def fused_step_pays(batch: int, width: int) -> bool:
-    return batch <= MAX_BATCH and width <= MAX_WIDTH
+    """Measured (BENCHMARKS.md): faster at width 64 up to batch 1024 and at width 128 up to batch
+    256; slower at width 128 from batch 512 and at width 256."""
+    return width <= MAX_WIDTH and batch * width**2 <= MAX_ROWS_WIDTH2
 
 
 def _num_warps(batch: int, tile: int) -> int:
