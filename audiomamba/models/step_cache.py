@@ -12,13 +12,17 @@ def cached_for_steps(module: nn.Module, compute: Callable, parameters: list | No
     """``compute()``, kept in ``module._step_cache`` until one of the module's own parameters (or
     of ``parameters``, when given) changes: in place (its version counter moves, as an optimizer
     step does) or by replacement (its storage moves, as ``load_state_dict`` or ``.to`` do). While
-    autograd records, it is recomputed every call so that gradients flow through it.
+    autograd records, it is recomputed every call so that gradients flow through it; so it is for
+    parameters made under ``torch.inference_mode``, which have no version counter to watch.
 
     The parameters are read from ``module._parameters`` rather than by name: each named access
     goes through ``nn.Module.__getattr__`` (about 0.4 us), which a batch-1 CPU step cannot spare."""
     if torch.is_grad_enabled():
         return compute()
-    key = [(p._version, p.data_ptr()) for p in (module._parameters.values() if parameters is None else parameters)]
+    try:
+        key = [(p._version, p.data_ptr()) for p in (module._parameters.values() if parameters is None else parameters)]
+    except RuntimeError:  # "Inference tensors do not track version counter"
+        return compute()
     if module._step_cache is None or module._step_cache[0] != key:
         module._step_cache = (key, compute())
     return module._step_cache[1]

@@ -99,3 +99,21 @@ def test_a_stage_of_mamba_blocks_steps_as_its_blocks_do_one_by_one():
     torch.testing.assert_close(stacked.ssm, by_block.ssm)
     assert not isinstance(Stage([make_block("mamba", 12, CFG), make_block("mlp", 12, CFG)]).initial_state(2),
                           StackedStates)
+
+
+@pytest.mark.parametrize("kind", ["s4d", "mamba"])
+def test_a_block_made_under_inference_mode_steps_and_sees_its_parameters_change(kind):
+    """Such parameters have no version counter for the step cache to watch: the step must still
+    run, and an in-place change must still show in the next step."""
+    x = torch.randn(2, 6)
+    with torch.inference_mode():
+        block = make_block(kind, 6, CFG).eval()
+        before = block.step(x, block.initial_state(2))[0]
+        for p in block.parameters():
+            p.mul_(1.5)
+        after = block.step(x, block.initial_state(2))[0]
+        fresh = make_block(kind, 6, CFG).eval()
+        fresh.load_state_dict(block.state_dict())
+        want = fresh.step(x, fresh.initial_state(2))[0]
+    torch.testing.assert_close(after, want)
+    assert (after - before).abs().max() > 1e-4
