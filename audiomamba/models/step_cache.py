@@ -1,5 +1,6 @@
-"""Values that a block's generation step derives from its parameters alone (S4D's discretised
-matrices, Mamba's A = -exp(A_log)), computed once per generation instead of once per sample."""
+"""Values that a generation step derives from parameters alone (S4D's discretised matrices,
+Mamba's A = -exp(A_log), a stage's stacked Mamba weights), computed once per generation instead
+of once per sample."""
 from __future__ import annotations
 
 from typing import Callable

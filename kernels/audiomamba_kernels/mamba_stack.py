@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
-from audiomamba_kernels.selective_scan import _softplus
+from audiomamba_kernels.selective_scan import _advance, _softplus
 
 TILE = 16384  # elements of a weight tile (CE x H): CE = TILE // H, at most E
 FEW_ROWS = 64  # up to this batch, 8 warps for tiles of more than 8192 weights
@@ -96,9 +96,8 @@ def _back(x, z, dt_low, Bv, Cv, w_dt, dt_b, D, s, A, w_out, ssm_row, e, e_ok, n,
     """Channels e of one block, from ``_back_loads``: the SSM step (state stored) and their share
     of out_proj (H_PAD,)."""
     dt = _softplus(tl.sum(w_dt * dt_low[None, :], 1) + dt_b)
-    s = tl.exp(dt[:, None] * A) * s + (dt * x)[:, None] * Bv[None, :]
-    tl.store(ssm_row + e[:, None] * N + n[None, :], s, mask=e_ok[:, None] & n_ok[None, :])
-    y = (tl.sum(s * Cv[None, :], 1) + D * x) * z * tl.sigmoid(z)
+    y = _advance(ssm_row, e[:, None] * N + n[None, :], e_ok[:, None] & n_ok[None, :], s, A, dt, x, Bv, Cv)
+    y = (y + D * x) * z * tl.sigmoid(z)
     return tl.sum(w_out * y[None, :], 1)
 
 
