@@ -1,0 +1,125 @@
+"""Instruction counts of the selective-scan chunk kernels, compiled for a Hopper GPU on any machine.
+
+Triton compiles for a target GPU without one being present (ptxas and cuobjdump come with it), so
+this runs on a CPU-only machine. For each chunk pass of the forward and the backward it prints the
+registers per thread, the stack that spilled registers go to, and the SASS instructions in the loop over a program's
+channels: one iteration scans one channel over one chunk, an (n, T) tile. From those it gives an
+issue bound for a shape: the time if every SM scheduler issued one instruction every cycle, with
+no stall. No kernel that executes these loops can be faster than its bound.
+
+    python kernels/sass_count.py                     # the outer stage, B=16 D=128 L=16000, N=16 and 64
+    python kernels/sass_count.py --shape 16 512 1000 16 --sms 132 --ghz 1.98
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).parent))
+from audiomamba_kernels import selective_scan as ss  # noqa: E402
+
+BF16_ARGS = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "gy_ptr", "y_ptr", "gu_ptr", "gdelta_ptr", "gz_ptr"}
+FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)  # the Mamba block's call
+PASSES = [  # (name, kernel, the constexpr that picks the pass, its value, backward?)
+    ("forward: chunk end states", ss._scan_chunks, "OUTPUT", False, False),
+    ("forward: output", ss._scan_chunks, "OUTPUT", True, False),
+    ("backward: adjoint handed back", ss._scan_chunks_bwd, "GRADS", False, True),
+    ("backward: gradients", ss._scan_chunks_bwd, "GRADS", True, True),
+]
+SCHEDULERS_PER_SM = 4  # warp schedulers per SM, each issuing at most one instruction a cycle
+
+
+def compile_pass(kernel, constexprs: dict, ints: dict, num_warps: int, arch: int):
+    """The kernel compiled for ``sm_<arch>``: bf16 activations, fp32 parameters and state, every
+    pointer 16-byte aligned, and each integer argument marked divisible by 16 where it is (as
+    Triton does at a launch)."""
+    signature, attrs = {}, {}
+    for index, name in enumerate(kernel.arg_names):
+        if name.endswith("_ptr"):
+            signature[name] = "*bf16" if name in BF16_ARGS else "*fp32"
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        elif name in constexprs:
+            signature[name] = "constexpr"
+        else:
+            signature[name] = "i32"
+            if ints[name] % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    source = ASTSource(kernel, signature, constexprs, attrs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps))
+
+
+def _tool(name: str) -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def loop_profile(cubin: bytes) -> dict:
+    """Registers and stack bytes (where registers spill) per thread of a cubin, and the opcodes of
+    its loop's body: the instructions from the target of the last backward branch to that branch."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([_tool("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
+    code = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    addresses = [a for a, _ in code]
+    body = []
+    for i, (address, text) in enumerate(code):
+        target = re.search(r"BRA\s.*?0x([0-9a-f]+)", text)
+        if target and int(target.group(1), 16) < address:
+            body = code[addresses.index(int(target.group(1), 16)):i + 1]
+    opcodes = Counter(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0] for _, text in body)
+    usage_match = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    return dict(registers=int(usage_match.group(1)), stack=int(usage_match.group(2)), opcodes=opcodes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", type=int, nargs=4, action="append", metavar=("B", "D", "L", "N"),
+                        help="default: 16 128 16000 16 and 16 128 16000 64")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: Hopper)")
+    parser.add_argument("--sms", type=int, default=132, help="SMs of the GPU (H100 SXM: 132)")
+    parser.add_argument("--ghz", type=float, default=1.98, help="SM clock (H100 SXM boost: 1.98)")
+    args = parser.parse_args()
+    issue_rate = args.sms * SCHEDULERS_PER_SM * args.ghz * 1e9  # warp instructions a second
+
+    for batch, n_ch, L, N in args.shape or [(16, 128, 16000, 16), (16, 128, 16000, 64)]:
+        meta_tensor = torch.empty(batch, n_ch, L, device="meta")
+        _, m = ss._prepare(meta_tensor, meta_tensor, torch.empty(n_ch, N, device="meta"), *[None] * 5)
+        ints = dict(n_ch=n_ch, L_UNITS=m["L_UNITS"], N=N, n_chunks=m["n_chunks"])
+        print(f"\nB={batch} D={n_ch} L={L} N={N}: chunks of T={m['T']}, state padded to {m['N_PAD']}; "
+              f"issue bound at {args.sms} SMs x {SCHEDULERS_PER_SM} schedulers x {args.ghz} GHz\n")
+        print("| pass | warps | registers | stack bytes | loop instructions (spill loads and stores) "
+              "| per element of the tile | FMUL / FFMA / MUFU per element | issue bound, ms |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        total = {False: 0.0, True: 0.0}
+        for name, kernel, switch, value, backward in PASSES:
+            tiles = ss._tiles(m, backward)
+            num_warps = tiles.pop("num_warps")
+            compiled = compile_pass(kernel, dict(tiles, **FLAGS, **{switch: value}), ints, num_warps, args.arch)
+            profile = loop_profile(compiled.asm["cubin"])
+            ops, count = profile["opcodes"], sum(profile["opcodes"].values())
+            per_thread = m["T"] * m["N_PAD"] / (32 * num_warps)  # tile elements each thread holds
+            iterations = m["n_chunks"] * batch * n_ch  # one per (chunk, channel)
+            bound_ms = count * num_warps * iterations / issue_rate * 1e3
+            total[backward] += bound_ms
+            print(f"| {name} | {num_warps} | {profile['registers']} | {profile['stack']} "
+                  f"| {count} ({ops['LDL'] + ops['STL']}) "
+                  f"| {count / per_thread:.1f} | {ops['FMUL'] / per_thread:.1f} / {ops['FFMA'] / per_thread:.1f} / "
+                  f"{ops['MUFU'] / per_thread:.1f} | {bound_ms:.3f} |")
+        print(f"\nchunk passes' issue bound: forward {total[False]:.3f} ms, "
+              f"forward + backward {total[False] + total[True]:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
