@@ -2,10 +2,10 @@
 
 Triton compiles for a target GPU without one being present (ptxas and cuobjdump come with it), so
 this runs on a CPU-only machine. For each chunk pass of the forward and the backward it prints the
-registers per thread, the stack that spilled registers go to, and the SASS instructions in the loop over a program's
-channels: one iteration scans one channel over one chunk, an (n, T) tile. From those it gives an
-issue bound for a shape: the time if every SM scheduler issued one instruction every cycle, with
-no stall. No kernel that executes these loops can be faster than its bound.
+registers per thread, the stack that spilled registers go to, and the SASS instructions in the
+loop over a program's channels: one iteration scans one channel over one chunk, an (n, T) tile.
+From those it gives an issue bound for a shape: the time if every SM scheduler issued one
+instruction every cycle, with no stall. No kernel that executes these loops can be faster.
 
     python kernels/sass_count.py                     # the outer stage, B=16 D=128 L=16000, N=16 and 64
     python kernels/sass_count.py --shape 16 512 1000 16 --sms 132 --ghz 1.98
