@@ -2,12 +2,14 @@
 
     PYTHONPATH=.:kernels python bench/generation.py recipes/sc09_mamba.yaml --batch 1 16 256
 
-Uses a randomly initialised model (speed does not depend on the weights) and the same
-``generate`` that ``audiomamba sample`` runs; on CUDA, with and without CUDA graphs. The time per
-sample step is the steady state: ``generate`` reports progress every 256 samples, and the bench
-(synchronising the GPU there) takes the median time of those 256-sample stretches, the first one
-left out. The first stretch also holds the set-up of a call (state allocation, warm-up, graph
-capture), printed apart as its excess over the median.
+Uses a randomly initialised model and the same ``generate`` that ``audiomamba sample`` runs.
+Speed depends on the weights only through their precision: with ``--weights bf16`` every
+parameter is rounded to a bf16 value first, as a checkpoint stored in bf16 (the shipped models)
+loads, and a stage of Mamba blocks then reads its projections in bf16 on CUDA. On CUDA, with
+and without CUDA graphs. The time per sample step is the steady state: ``generate`` reports
+progress every 256 samples, and the bench (synchronising the GPU there) takes the median time of
+those 256-sample stretches, the first one left out. The first stretch also holds the set-up of
+a call (state allocation, warm-up, graph capture), printed apart as its excess over the median.
 """
 from __future__ import annotations
 
@@ -31,13 +33,20 @@ def main() -> None:
                         help="on CUDA: with CUDA graphs, eager, or both")
     parser.add_argument("--set", nargs="*", default=[], help="recipe overrides")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--weights", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: parameters rounded to bf16 values, as a bf16 checkpoint loads")
     args = parser.parse_args()
     device = torch.device(args.device)
     recipe = load_recipe(args.recipe, args.set)
     model = WaveformLM(recipe.model).to(device).eval()
+    if args.weights == "bf16":
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(torch.bfloat16).float())
     rate = recipe.data.sample_rate
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; {args.recipe} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {rate} Hz)\n")
+    print(f"device: {name}; {args.recipe} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {rate} Hz, "
+          f"{args.weights} weights)\n")
     print("| batch | mode | us per sample step | generated samples/s | real-time factor | set-up s |")
     print("| --- | --- | --- | --- | --- | --- |")
     modes = [("cuda graphs", True)] * ("graphs" in args.modes) + [("eager", False)] * ("eager" in args.modes)

@@ -1,6 +1,8 @@
 """Speed of a stage's Mamba blocks in generation: one step of 8 residual Mamba blocks (d_state 16)
 as one fused kernel (``audiomamba_kernels.mamba_stack``) against the three per-block kernels each
-block otherwise runs (front, SSM step, out_proj), per block, at the U-Net's stage widths.
+block otherwise runs (front, SSM step, out_proj), per block, at the U-Net's stage widths. Each
+with fp32 projections, and with projections that hold bf16 values (as loaded from a bf16
+checkpoint), which the stage reads in bf16 (``narrow_projections``).
 
     PYTHONPATH=.:kernels python kernels/bench_stack.py
 
@@ -15,7 +17,10 @@ from triton.testing import do_bench_cudagraph
 
 from audiomamba.config import ModelConfig
 from audiomamba.models.sashimi import Stage, make_block
-from audiomamba.ops.mamba_stack import stack_weights
+from audiomamba.ops.causal_conv import in_proj_conv_step
+from audiomamba.ops.mamba_stack import PROJECTIONS, _block_by_block, narrow_projections, stack_weights
+from audiomamba.ops.residual_linear import residual_linear
+from audiomamba.ops.selective_scan import projected_state_update
 from audiomamba_kernels.mamba_stack import fused_step_pays, mamba_stack_step
 
 BLOCKS = 8
@@ -23,33 +28,39 @@ WIDTHS = [64, 128, 256]  # the outer, middle and center stages of the SC09 recip
 BATCHES = [1, 16, 64, 256, 1024]
 
 
-def per_block_us(width: int, batch: int) -> tuple[float, float]:
-    """(three kernels, fused) microseconds per block."""
+def per_block_us(width: int, batch: int) -> list[float]:
+    """Microseconds per block: three kernels, fused; each with fp32, then bf16 projections."""
     stage = Stage(make_block("mamba", width, ModelConfig(mamba_state=16)) for _ in range(BLOCKS)).cuda().eval()
-    weights = stack_weights(stage)
+    with torch.no_grad():
+        for block in stage:
+            for name in PROJECTIONS:
+                weight = getattr(block.block, name).weight
+                weight.copy_(weight.to(torch.bfloat16).float())
+    bf16 = narrow_projections(stack_weights(stage))
+    fp32 = bf16._replace(**{name: getattr(bf16, name).float() for name in PROJECTIONS})
     states = stage.initial_state(batch, "cuda")
     u = torch.randn(batch, width, device="cuda")
 
-    def block_by_block():
-        x = u
-        for block, state in zip(stage, states):
-            x = block.step(x, state)[0]
+    def three(weights):
+        return lambda: _block_by_block(u, weights, states.conv, states.ssm, in_proj_conv_step,
+                                       projected_state_update, residual_linear)
 
-    def fused():
-        mamba_stack_step(u, weights, states.conv, states.ssm)
+    def fused(weights):
+        return lambda: mamba_stack_step(u, weights, states.conv, states.ssm)
 
     with torch.inference_mode():  # as in sampling (the model itself is made outside it, as there)
-        return tuple(do_bench_cudagraph(fn, rep=100) * 1000 / BLOCKS for fn in (block_by_block, fused))
+        return [do_bench_cudagraph(fn, rep=100) * 1000 / BLOCKS
+                for fn in (three(fp32), three(bf16), fused(fp32), fused(bf16))]
 
 
 def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}\n")
-    print("| stage width | batch | three kernels, us per block | fused, us per block | used |")
+    print("| stage width | batch | three kernels, us per block: fp32 / bf16 projections | fused: fp32 / bf16 | used |")
     print("| --- | --- | --- | --- | --- |")
     for width in WIDTHS:
         for batch in BATCHES:
-            three, fused = per_block_us(width, batch)
-            print(f"| {width} | {batch} | {three:.2f} | {fused:.2f} | "
+            three32, three16, fused32, fused16 = per_block_us(width, batch)
+            print(f"| {width} | {batch} | {three32:.2f} / {three16:.2f} | {fused32:.2f} / {fused16:.2f} | "
                   f"{'fused' if fused_step_pays(batch, width) else 'three kernels'} |", flush=True)
 
 

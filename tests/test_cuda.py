@@ -5,6 +5,7 @@ import torch
 
 from audiomamba.config import ModelConfig
 from audiomamba.models.lm import WaveformLM
+from audiomamba.models.sashimi import Stage
 from audiomamba.ops import triton_kernels
 from audiomamba.sample import generate
 
@@ -15,18 +16,27 @@ MIXED = dict(outer=["s4d", "mamba", "mlp"], center=["mamba", "s4d"])
 ALL_MAMBA = dict(outer=["mamba"] * 3, center=["mamba"] * 2)  # every stage's step is one fused kernel
 
 
-def model(n_classes=2, blocks=MIXED):
+def model(n_classes=2, blocks=MIXED, bf16_values=False):
+    """A random model; with ``bf16_values`` every parameter holds a bf16 value, as when loaded from
+    a bf16 checkpoint (the stages then read their Mamba projections in bf16)."""
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=16, pool=[4, 4], s4d_state=8, mamba_state=8, n_classes=n_classes, **blocks)
-    return WaveformLM(cfg).cuda().eval()
+    m = WaveformLM(cfg).cuda().eval()
+    with torch.no_grad():
+        for p in m.parameters() if bf16_values else []:
+            p.copy_(p.to(torch.bfloat16).float())
+    return m
 
 
-@pytest.mark.parametrize("blocks, fused", [(MIXED, True), (ALL_MAMBA, True), (ALL_MAMBA, False)],
-                         ids=["mixed", "all_mamba", "all_mamba_block_by_block"])
-def test_cuda_stepping_matches_the_parallel_forward_in_fp32(blocks, fused, monkeypatch):
+@pytest.mark.parametrize("blocks, fused, bf16_values",
+                         [(MIXED, True, False), (ALL_MAMBA, True, False), (ALL_MAMBA, False, False),
+                          (ALL_MAMBA, True, True), (ALL_MAMBA, False, True)],
+                         ids=["mixed", "all_mamba", "all_mamba_block_by_block", "all_mamba_bf16_values",
+                              "all_mamba_block_by_block_bf16_values"])
+def test_cuda_stepping_matches_the_parallel_forward_in_fp32(blocks, fused, bf16_values, monkeypatch):
     if not fused:  # where the stage kernel does not pay, the stages run their per-block kernels
         monkeypatch.setattr(triton_kernels.load("mamba_stack"), "MAX_WIDTH", 0)
-    m = model(blocks=blocks)
+    m = model(blocks=blocks, bf16_values=bf16_values)
     tokens = torch.randint(0, 256, (3, 53), device="cuda")
     labels = torch.tensor([0, 1, 2], device="cuda")
     with torch.no_grad():
@@ -37,6 +47,9 @@ def test_cuda_stepping_matches_the_parallel_forward_in_fp32(blocks, fused, monke
             got.append(logits)
             prev = tokens[:, t]
     assert ((torch.stack(got, 1) - want).norm() / want.norm()).item() < 1e-4
+    if bf16_values:  # the stages did read their projections in bf16
+        stacks = [module._step_cache[1] for module in m.modules() if isinstance(module, Stage) and module.all_mamba]
+        assert stacks and all(w.in_proj.dtype == w.out_proj.dtype == torch.bfloat16 for w in stacks)
 
 
 @pytest.mark.parametrize("blocks", [MIXED, ALL_MAMBA], ids=["mixed", "all_mamba"])

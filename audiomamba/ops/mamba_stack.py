@@ -5,7 +5,10 @@ blocks are all Mamba.
 
 which is ``ResidualBlock.step`` of each block in turn (``MambaBlock.step`` with its norm). The
 blocks' weights are stacked along a first axis of length K (``StackedMambaWeights``) and so are
-their states: conv buffers (K, batch, E, width) and SSM states (K, batch, E, N), fp32.
+their states: conv buffers (K, batch, E, width) and SSM states (K, batch, E, N), fp32. On CUDA
+the four projection stacks are kept in bf16 where bf16 holds them exactly, as it does the weights
+of a bf16 checkpoint (the shipped models): the kernels read half the bytes and compute in fp32 as
+before, so their results do not change.
 
 For CUDA tensors, when the kernels are importable, ``mamba_stack_step`` is one Triton kernel for
 all K blocks (``audiomamba_kernels.mamba_stack``): each program keeps its batch row's residual
@@ -26,9 +29,12 @@ from audiomamba.ops.residual_linear import residual_linear, residual_linear_ref
 from audiomamba.ops.selective_scan import projected_state_update, projected_state_update_ref
 
 
+PROJECTIONS = ("in_proj", "x_proj", "dt_proj", "out_proj")  # the weights that narrow_projections may keep in bf16
+
+
 class StackedMambaWeights(NamedTuple):
-    """K blocks' weights, fp32 and contiguous; H = model width, E = inner width, N = state size,
-    R = dt rank, W = conv width."""
+    """K blocks' weights, contiguous, fp32 (the projections perhaps bf16: ``narrow_projections``);
+    H = model width, E = inner width, N = state size, R = dt rank, W = conv width."""
     norm_weight: torch.Tensor  # (K, H)   the residual block's LayerNorm
     norm_bias: torch.Tensor  # (K, H)
     in_proj: torch.Tensor  # (K, 2E, H)
@@ -48,12 +54,28 @@ def stack_weights(blocks) -> StackedMambaWeights:
     def stack(get):
         return torch.stack([get(b).detach().float() for b in blocks]).contiguous()
 
-    return StackedMambaWeights(
+    weights = StackedMambaWeights(
         stack(lambda b: b.norm.weight), stack(lambda b: b.norm.bias), stack(lambda b: b.block.in_proj.weight),
         stack(lambda b: b.block.conv.weight[:, 0]), stack(lambda b: b.block.conv.bias),
         stack(lambda b: b.block.x_proj.weight), stack(lambda b: b.block.dt_proj.weight),
         stack(lambda b: b.block.dt_proj.bias), stack(lambda b: -torch.exp(b.block.A_log.float())),
         stack(lambda b: b.block.D), stack(lambda b: b.block.out_proj.weight), blocks[0].norm.eps)
+    return narrow_projections(weights) if weights.in_proj.is_cuda else weights
+
+
+def narrow_projections(weights: StackedMambaWeights) -> StackedMambaWeights:
+    """The weights with each projection stack (``PROJECTIONS``) in bf16 where every one of its
+    values is a bf16 value, the others as they are."""
+    def narrowed(w):
+        w16 = w.to(torch.bfloat16)
+        return w16 if torch.equal(w16.float(), w) else w
+
+    return weights._replace(**{name: narrowed(getattr(weights, name)) for name in PROJECTIONS})
+
+
+def _widened(weights: StackedMambaWeights) -> StackedMambaWeights:
+    """Every projection in fp32, for the references (a no-op for fp32 ones)."""
+    return weights._replace(**{name: getattr(weights, name).float() for name in PROJECTIONS})
 
 
 def _block_by_block(u, weights, conv_state, ssm_state, front, ssm_step, back):
@@ -72,8 +94,8 @@ def mamba_stack_step_ref(u: torch.Tensor, weights: StackedMambaWeights, conv_sta
                          ssm_state: torch.Tensor) -> torch.Tensor:
     """u: (batch, H) the residual stream; conv_state: (K, batch, E, W) and ssm_state (K, batch, E, N)
     fp32, both updated in place. Returns u after the K blocks, (batch, H)."""
-    return _block_by_block(u, weights, conv_state, ssm_state, in_proj_conv_step_ref, projected_state_update_ref,
-                           residual_linear_ref)
+    return _block_by_block(u, _widened(weights), conv_state, ssm_state, in_proj_conv_step_ref,
+                           projected_state_update_ref, residual_linear_ref)
 
 
 def mamba_stack_step(u, weights, conv_state, ssm_state):
@@ -82,5 +104,7 @@ def mamba_stack_step(u, weights, conv_state, ssm_state):
     kernels = triton_kernels.load("mamba_stack") if u.is_cuda else None
     if kernels and kernels.fused_step_pays(*u.shape):
         return kernels.mamba_stack_step(u, weights, conv_state, ssm_state)
+    if not kernels:
+        return mamba_stack_step_ref(u, weights, conv_state, ssm_state)
     return _block_by_block(u, weights, conv_state, ssm_state, in_proj_conv_step, projected_state_update,
                            residual_linear)

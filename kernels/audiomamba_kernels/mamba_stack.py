@@ -14,9 +14,10 @@ Each chunk issues all of its loads (weights, conv buffer, state) before it compu
 16384 weights (width 128) needs 8 warps' registers; with many rows, 4 warps let more programs
 share an SM (``_num_warps``; BENCHMARKS.md, "Generation, session 10", has the measurements).
 
-Everything is fp32 FMAs and reductions: one row gives no tile for tensor cores. Each row's
-program reads its stage's weights from L2 (128 KiB per block at width 64), so the kernel
-pays for narrow stages and moderate batches only; ``fused_step_pays`` says where, from the
+Everything is fp32 FMAs and reductions: one row gives no tile for tensor cores. The projections
+may come in bf16 (``narrow_projections``, where that is exact); they are widened as they load.
+Each row's program reads its stage's weights from L2 (128 KiB per block at width 64 in fp32),
+so the kernel pays for narrow stages and moderate batches only; ``fused_step_pays`` says where, from the
 measurements in BENCHMARKS.md (H100, "Generation, session 10").
 """
 from __future__ import annotations
@@ -54,13 +55,14 @@ def _front_loads(in_w, conv_row, conv_w, conv_b, xp, e, e_ok, h, h_ok, w, w_ok, 
     in_ok = e_ok[:, None] & h_ok[None, :]
     buf_ok = e_ok[:, None] & w_ok[None, :]
     p_ok = n_ok[:, None] & e_ok[None, :]
-    return (tl.load(rows, mask=in_ok, other=0.0), tl.load(rows + E * H, mask=in_ok, other=0.0),
+    return (tl.load(rows, mask=in_ok, other=0.0).to(tl.float32),
+            tl.load(rows + E * H, mask=in_ok, other=0.0).to(tl.float32),
             tl.load(conv_row + e[:, None] * WIDTH + w[None, :], mask=buf_ok, other=0.0),
             tl.load(conv_w + e[:, None] * WIDTH + w[None, :] - 1, mask=buf_ok & (w[None, :] >= 1), other=0.0),
             tl.load(conv_w + e * WIDTH + WIDTH - 1, mask=e_ok, other=0.0), tl.load(conv_b + e, mask=e_ok, other=0.0),
-            tl.load(xp + r[:, None] * E + e[None, :], mask=r_ok[:, None] & e_ok[None, :], other=0.0),
-            tl.load(xp + (R + n[:, None]) * E + e[None, :], mask=p_ok, other=0.0),
-            tl.load(xp + (R + N + n[:, None]) * E + e[None, :], mask=p_ok, other=0.0))
+            tl.load(xp + r[:, None] * E + e[None, :], mask=r_ok[:, None] & e_ok[None, :], other=0.0).to(tl.float32),
+            tl.load(xp + (R + n[:, None]) * E + e[None, :], mask=p_ok, other=0.0).to(tl.float32),
+            tl.load(xp + (R + N + n[:, None]) * E + e[None, :], mask=p_ok, other=0.0).to(tl.float32))
 
 
 @triton.jit
@@ -84,11 +86,11 @@ def _back_loads(dt_w, dt_b, A, D, out_w, ssm_row, e, e_ok, h, h_ok, r, r_ok, n, 
     """What the back of channels e reads: dt_proj's rows (CE, R_PAD), the bias and D (CE,), the
     state and A (CE, N_PAD), and out_proj's columns (H_PAD, CE)."""
     s_ok = e_ok[:, None] & n_ok[None, :]
-    return (tl.load(dt_w + e[:, None] * R + r[None, :], mask=e_ok[:, None] & r_ok[None, :], other=0.0),
+    return (tl.load(dt_w + e[:, None] * R + r[None, :], mask=e_ok[:, None] & r_ok[None, :], other=0.0).to(tl.float32),
             tl.load(dt_b + e, mask=e_ok, other=0.0), tl.load(D + e, mask=e_ok, other=0.0),
             tl.load(ssm_row + e[:, None] * N + n[None, :], mask=s_ok, other=0.0),
             tl.load(A + e[:, None] * N + n[None, :], mask=s_ok, other=0.0),
-            tl.load(out_w + h[:, None] * E + e[None, :], mask=h_ok[:, None] & e_ok[None, :], other=0.0))
+            tl.load(out_w + h[:, None] * E + e[None, :], mask=h_ok[:, None] & e_ok[None, :], other=0.0).to(tl.float32))
 
 
 @triton.jit

@@ -1,13 +1,16 @@
 """A stage of Mamba blocks stepped in one kernel, against the block-by-block reference, on fresh
 random blocks and inputs. On the GPU when there is one, else under the Triton interpreter.
 Tolerance: relative L2 error <= 1e-5 for the output and both states after several steps (fp32
-throughout; only the order of the sums differs)."""
+throughout; only the order of the sums differs). The kernels also read projections narrowed to
+bf16 where that is exact (``narrow_projections``), to the same tolerance against the reference
+on the fp32 weights."""
 import pytest
 import torch
 
 from audiomamba.config import ModelConfig
 from audiomamba.models.sashimi import Stage, make_block
-from audiomamba.ops.mamba_stack import mamba_stack_step_ref, stack_weights
+from audiomamba.ops.mamba_stack import (PROJECTIONS, _block_by_block, mamba_stack_step_ref, narrow_projections,
+                                       stack_weights)
 from tests.kernels.test_selective_scan_kernels import DEVICE, rel_err
 
 kernels = pytest.importorskip("audiomamba_kernels.mamba_stack")
@@ -17,31 +20,73 @@ if torch.cuda.is_available():
     SHAPES += [(256, 64, 16, 8), (16, 128, 16, 8), (5, 256, 16, 8)]
 
 
-def random_stage(H, N, K):
+def random_stage(H, N, K, bf16_projections=False):
+    """K random Mamba blocks; with ``bf16_projections`` their projections hold bf16 values only,
+    as they do when loaded from a bf16 checkpoint."""
     torch.manual_seed(torch.seed() % 2**31)
     stage = Stage(make_block("mamba", H, ModelConfig(mamba_state=N)) for _ in range(K))
     with torch.no_grad():
         for p in stage.parameters():  # away from the initialisation's ones and zeros
             p.add_(torch.randn_like(p) * 0.1)
+        for block in stage if bf16_projections else []:
+            for name in PROJECTIONS:
+                weight = getattr(block.block, name).weight
+                weight.copy_(weight.to(torch.bfloat16).float())
     return stage.to(DEVICE).eval()
 
 
-@pytest.mark.parametrize("tile", ["default", "small"])  # small: the channels in several chunks
-@pytest.mark.parametrize("batch, H, N, K", SHAPES)
-def test_one_kernel_for_the_stage_matches_the_block_by_block_reference(batch, H, N, K, tile, monkeypatch):
-    if tile == "small":
-        monkeypatch.setattr(kernels, "TILE", 16 * H)
-    stage = random_stage(H, N, K)
+def kernel_weights(stage, precision):
+    """The stacked weights the kernels get: fp32, or with every projection narrowed to bf16."""
     weights = stack_weights(stage)
+    if precision == "fp32":
+        return weights._replace(**{name: getattr(weights, name).float() for name in PROJECTIONS})
+    narrowed = narrow_projections(weights)
+    assert all(getattr(narrowed, name).dtype == torch.bfloat16 for name in PROJECTIONS)
+    return narrowed
+
+
+def states_alike(stage, batch):
+    """Two equal copies of a random state (as from earlier samples)."""
     got_state, want_state = stage.initial_state(batch, DEVICE), stage.initial_state(batch, DEVICE)
     for got_s in (got_state.conv, got_state.ssm):
-        got_s.normal_()  # a state from earlier samples
+        got_s.normal_()
     want_state.conv.copy_(got_state.conv)
     want_state.ssm.copy_(got_state.ssm)
+    return got_state, want_state
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # of the projections the kernel reads
+@pytest.mark.parametrize("tile", ["default", "small"])  # small: the channels in several chunks
+@pytest.mark.parametrize("batch, H, N, K", SHAPES)
+def test_one_kernel_for_the_stage_matches_the_block_by_block_reference(batch, H, N, K, tile, precision, monkeypatch):
+    if tile == "small":
+        monkeypatch.setattr(kernels, "TILE", 16 * H)
+    stage = random_stage(H, N, K, bf16_projections=precision == "bf16")
+    weights = kernel_weights(stage, precision)
+    reference_weights = kernel_weights(stage, "fp32")
+    got_state, want_state = states_alike(stage, batch)
     for _ in range(3):
         u = torch.randn(batch, H, device=DEVICE)
         got = kernels.mamba_stack_step(u, weights, got_state.conv, got_state.ssm)
-        want = mamba_stack_step_ref(u, weights, want_state.conv, want_state.ssm)
+        want = mamba_stack_step_ref(u, reference_weights, want_state.conv, want_state.ssm)
         assert rel_err(got, want) <= 1e-5
     assert rel_err(got_state.conv, want_state.conv) <= 1e-5
+    assert rel_err(got_state.ssm, want_state.ssm) <= 1e-5
+
+
+def test_the_per_block_kernels_read_narrowed_projections_as_the_same_numbers():
+    """Where the one kernel does not pay, the stage runs block by block with the per-block kernels,
+    on the same (perhaps narrowed) stacked weights."""
+    from audiomamba_kernels.causal_conv import in_proj_conv_step
+    from audiomamba_kernels.residual_linear import residual_linear
+    from audiomamba_kernels.selective_scan import projected_state_update
+
+    batch, H, N, K = 3, 32, 16, 2
+    stage = random_stage(H, N, K, bf16_projections=True)
+    got_state, want_state = states_alike(stage, batch)
+    u = torch.randn(batch, H, device=DEVICE)
+    got = _block_by_block(u, kernel_weights(stage, "bf16"), got_state.conv, got_state.ssm, in_proj_conv_step,
+                          projected_state_update, residual_linear)
+    want = mamba_stack_step_ref(u, kernel_weights(stage, "fp32"), want_state.conv, want_state.ssm)
+    assert rel_err(got, want) <= 1e-5
     assert rel_err(got_state.ssm, want_state.ssm) <= 1e-5
