@@ -5,10 +5,11 @@ blocks are all Mamba.
 
 which is ``ResidualBlock.step`` of each block in turn (``MambaBlock.step`` with its norm). The
 blocks' weights are stacked along a first axis of length K (``StackedMambaWeights``) and so are
-their states: conv buffers (K, batch, E, width) and SSM states (K, batch, E, N), fp32. On CUDA
-the four projection stacks are kept in bf16 where bf16 holds them exactly, as it does the weights
-of a bf16 checkpoint (the shipped models): the kernels read half the bytes and compute in fp32 as
-before, so their results do not change.
+their states: conv buffers (K, batch, E, width) and SSM states (K, batch, E, N), fp32. On CUDA,
+in stages where that pays (``bf16_projections_pay``: the narrow ones), the four projection stacks
+are kept in bf16 where bf16 holds them exactly, as it does the weights of a bf16 checkpoint (the
+shipped models): the kernels read half the bytes and compute in fp32 as before, so their results
+do not change.
 
 For CUDA tensors, when the kernels are importable, ``mamba_stack_step`` is one Triton kernel for
 all K blocks (``audiomamba_kernels.mamba_stack``): each program keeps its batch row's residual
@@ -60,7 +61,9 @@ def stack_weights(blocks) -> StackedMambaWeights:
         stack(lambda b: b.block.x_proj.weight), stack(lambda b: b.block.dt_proj.weight),
         stack(lambda b: b.block.dt_proj.bias), stack(lambda b: -torch.exp(b.block.A_log.float())),
         stack(lambda b: b.block.D), stack(lambda b: b.block.out_proj.weight), blocks[0].norm.eps)
-    return narrow_projections(weights) if weights.in_proj.is_cuda else weights
+    kernels = triton_kernels.load("mamba_stack") if weights.in_proj.is_cuda else None
+    width = weights.in_proj.shape[2]
+    return narrow_projections(weights) if kernels and kernels.bf16_projections_pay(width) else weights
 
 
 def narrow_projections(weights: StackedMambaWeights) -> StackedMambaWeights:

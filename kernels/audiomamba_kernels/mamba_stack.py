@@ -41,6 +41,13 @@ def fused_step_pays(batch: int, width: int) -> bool:
     return width <= MAX_WIDTH and batch * width**2 <= MAX_ROWS_WIDTH2
 
 
+def bf16_projections_pay(width: int) -> bool:
+    """Measured (BENCHMARKS.md, "Generation, session 13"): reading bf16 projections instead of fp32
+    made every stage of width up to 128 faster, in this kernel and in the per-block kernels alike,
+    and the per-block kernels of width 256 slower at batches up to 256."""
+    return width <= MAX_WIDTH
+
+
 def _num_warps(batch: int, tile: int) -> int:
     return 8 if batch <= FEW_ROWS and tile > 8192 else 4
 
