@@ -33,6 +33,7 @@ TILE = 16384  # elements of a weight tile (CE x H): CE = TILE // H, at most E
 FEW_ROWS = 64  # up to this batch, 8 warps for tiles of more than 8192 weights
 MAX_WIDTH = 128  # where this kernel measured faster than the per-block kernels: stages up to this
 MAX_ROWS_WIDTH2 = 1024 * 64**2  # width, at batch x width^2 (the weights read per block) up to this
+BF16_MAX_WIDTH = 128  # stages up to this width read their projections in bf16 where that is exact
 
 
 def fused_step_pays(batch: int, width: int) -> bool:
@@ -45,7 +46,7 @@ def bf16_projections_pay(width: int) -> bool:
     """Measured (BENCHMARKS.md, "Generation, session 13"): reading bf16 projections instead of fp32
     made every stage of width up to 128 faster, in this kernel and in the per-block kernels alike,
     and the per-block kernels of width 256 slower at batches up to 256."""
-    return width <= MAX_WIDTH
+    return width <= BF16_MAX_WIDTH
 
 
 def _num_warps(batch: int, tile: int) -> int:
