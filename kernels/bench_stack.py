@@ -18,7 +18,8 @@ from triton.testing import do_bench_cudagraph
 from audiomamba.config import ModelConfig
 from audiomamba.models.sashimi import Stage, make_block
 from audiomamba.ops.causal_conv import in_proj_conv_step
-from audiomamba.ops.mamba_stack import PROJECTIONS, _block_by_block, narrow_projections, stack_weights
+from audiomamba.ops.mamba_stack import (PROJECTIONS, _block_by_block, narrow_projections, stack_weights,
+                                       widen_projections)
 from audiomamba.ops.residual_linear import residual_linear
 from audiomamba.ops.selective_scan import projected_state_update
 from audiomamba_kernels.mamba_stack import fused_step_pays, mamba_stack_step
@@ -37,7 +38,7 @@ def per_block_us(width: int, batch: int) -> list[float]:
                 weight = getattr(block.block, name).weight
                 weight.copy_(weight.to(torch.bfloat16).float())
     bf16 = narrow_projections(stack_weights(stage))
-    fp32 = bf16._replace(**{name: getattr(bf16, name).float() for name in PROJECTIONS})
+    fp32 = widen_projections(bf16)
     states = stage.initial_state(batch, "cuda")
     u = torch.randn(batch, width, device="cuda")
 

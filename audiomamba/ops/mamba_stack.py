@@ -51,7 +51,8 @@ class StackedMambaWeights(NamedTuple):
 
 
 def stack_weights(blocks) -> StackedMambaWeights:
-    """From residual blocks (``ResidualBlock`` around ``MambaBlock``) of one width."""
+    """From residual blocks (``ResidualBlock`` around ``MambaBlock``) of one width; on CUDA, where
+    the kernels' ``bf16_projections_pay``, with ``narrow_projections``."""
     def stack(get):
         return torch.stack([get(b).detach().float() for b in blocks]).contiguous()
 
@@ -76,8 +77,8 @@ def narrow_projections(weights: StackedMambaWeights) -> StackedMambaWeights:
     return weights._replace(**{name: narrowed(getattr(weights, name)) for name in PROJECTIONS})
 
 
-def _widened(weights: StackedMambaWeights) -> StackedMambaWeights:
-    """Every projection in fp32, for the references (a no-op for fp32 ones)."""
+def widen_projections(weights: StackedMambaWeights) -> StackedMambaWeights:
+    """The weights with every projection stack in fp32 (the same tensors where they are fp32)."""
     return weights._replace(**{name: getattr(weights, name).float() for name in PROJECTIONS})
 
 
@@ -97,7 +98,7 @@ def mamba_stack_step_ref(u: torch.Tensor, weights: StackedMambaWeights, conv_sta
                          ssm_state: torch.Tensor) -> torch.Tensor:
     """u: (batch, H) the residual stream; conv_state: (K, batch, E, W) and ssm_state (K, batch, E, N)
     fp32, both updated in place. Returns u after the K blocks, (batch, H)."""
-    return _block_by_block(u, _widened(weights), conv_state, ssm_state, in_proj_conv_step_ref,
+    return _block_by_block(u, widen_projections(weights), conv_state, ssm_state, in_proj_conv_step_ref,
                            projected_state_update_ref, residual_linear_ref)
 
 

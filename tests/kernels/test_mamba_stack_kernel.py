@@ -10,7 +10,7 @@ import torch
 from audiomamba.config import ModelConfig
 from audiomamba.models.sashimi import Stage, make_block
 from audiomamba.ops.mamba_stack import (PROJECTIONS, _block_by_block, mamba_stack_step_ref, narrow_projections,
-                                       stack_weights)
+                                       stack_weights, widen_projections)
 from tests.kernels.test_selective_scan_kernels import DEVICE, rel_err
 
 kernels = pytest.importorskip("audiomamba_kernels.mamba_stack")
@@ -39,7 +39,7 @@ def kernel_weights(stage, precision):
     """The stacked weights the kernels get: fp32, or with every projection narrowed to bf16."""
     weights = stack_weights(stage)
     if precision == "fp32":
-        return weights._replace(**{name: getattr(weights, name).float() for name in PROJECTIONS})
+        return widen_projections(weights)
     narrowed = narrow_projections(weights)
     assert all(getattr(narrowed, name).dtype == torch.bfloat16 for name in PROJECTIONS)
     return narrowed
