@@ -17,8 +17,8 @@ share an SM (``_num_warps``; BENCHMARKS.md, "Generation, session 10", has the me
 Everything is fp32 FMAs and reductions: one row gives no tile for tensor cores. The projections
 may come in bf16 (``narrow_projections``, where that is exact); they are widened as they load.
 Each row's program reads its stage's weights from L2 (128 KiB per block at width 64 in fp32),
-so the kernel pays for narrow stages and moderate batches only; ``fused_step_pays`` says where, from the
-measurements in BENCHMARKS.md (H100, "Generation, session 10").
+so the kernel pays for narrow stages and moderate batches only; ``fused_step_pays`` says where,
+from the measurements in BENCHMARKS.md (H100, "Generation, session 10").
 """
 from __future__ import annotations
 
