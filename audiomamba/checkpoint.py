@@ -142,6 +142,15 @@ def load_weights(model: torch.nn.Module, path: str | Path, prefer_ema: bool = Tr
     return weights_file
 
 
+def round_to_bf16(module: torch.nn.Module) -> torch.nn.Module:
+    """Every parameter of ``module`` rounded in place to its nearest bf16 value, as storing the
+    weights in bf16 and loading them does (the shipped models). Returns the module."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    return module
+
+
 def load_train_state(ckpt: Path, *, model, optimizer, scheduler=None, ema=None, device="cpu") -> int:
     """Restore weights, optimizer, scheduler and EMA from a checkpoint; returns its step."""
     config = json.loads((ckpt / "config.json").read_text())

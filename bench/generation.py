@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from audiomamba.checkpoint import round_to_bf16
 from audiomamba.config import load_recipe
 from audiomamba.models.lm import WaveformLM
 from audiomamba.sample import generate
@@ -40,9 +41,7 @@ def main() -> None:
     recipe = load_recipe(args.recipe, args.set)
     model = WaveformLM(recipe.model).to(device).eval()
     if args.weights == "bf16":
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(p.to(torch.bfloat16).float())
+        round_to_bf16(model)
     rate = recipe.data.sample_rate
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; {args.recipe} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {rate} Hz, "

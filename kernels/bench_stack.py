@@ -15,11 +15,11 @@ from __future__ import annotations
 import torch
 from triton.testing import do_bench_cudagraph
 
+from audiomamba.checkpoint import round_to_bf16
 from audiomamba.config import ModelConfig
 from audiomamba.models.sashimi import Stage, make_block
 from audiomamba.ops.causal_conv import in_proj_conv_step
-from audiomamba.ops.mamba_stack import (PROJECTIONS, _block_by_block, narrow_projections, stack_weights,
-                                       widen_projections)
+from audiomamba.ops.mamba_stack import _block_by_block, narrow_projections, stack_weights, widen_projections
 from audiomamba.ops.residual_linear import residual_linear
 from audiomamba.ops.selective_scan import projected_state_update
 from audiomamba_kernels.mamba_stack import fused_step_pays, mamba_stack_step
@@ -31,12 +31,8 @@ BATCHES = [1, 16, 64, 256, 1024]
 
 def per_block_us(width: int, batch: int) -> list[float]:
     """Microseconds per block: three kernels, fused; each with fp32, then bf16 projections."""
-    stage = Stage(make_block("mamba", width, ModelConfig(mamba_state=16)) for _ in range(BLOCKS)).cuda().eval()
-    with torch.no_grad():
-        for block in stage:
-            for name in PROJECTIONS:
-                weight = getattr(block.block, name).weight
-                weight.copy_(weight.to(torch.bfloat16).float())
+    stage = round_to_bf16(Stage(make_block("mamba", width, ModelConfig(mamba_state=16))
+                                for _ in range(BLOCKS)).cuda().eval())
     bf16 = narrow_projections(stack_weights(stage))
     fp32 = widen_projections(bf16)
     states = stage.initial_state(batch, "cuda")

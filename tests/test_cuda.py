@@ -3,6 +3,7 @@ same results on CUDA, and CUDA-graph sampling reproduces eager sampling exactly.
 import pytest
 import torch
 
+from audiomamba.checkpoint import round_to_bf16
 from audiomamba.config import ModelConfig
 from audiomamba.models.lm import WaveformLM
 from audiomamba.models.sashimi import Stage
@@ -22,10 +23,7 @@ def model(n_classes=2, blocks=MIXED, bf16_values=False):
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=16, pool=[4, 4], s4d_state=8, mamba_state=8, n_classes=n_classes, **blocks)
     m = WaveformLM(cfg).cuda().eval()
-    with torch.no_grad():
-        for p in m.parameters() if bf16_values else []:
-            p.copy_(p.to(torch.bfloat16).float())
-    return m
+    return round_to_bf16(m) if bf16_values else m
 
 
 @pytest.mark.parametrize("blocks, fused, bf16_values",

@@ -7,6 +7,7 @@ on the fp32 weights."""
 import pytest
 import torch
 
+from audiomamba.checkpoint import round_to_bf16
 from audiomamba.config import ModelConfig
 from audiomamba.models.sashimi import Stage, make_block
 from audiomamba.ops.mamba_stack import (PROJECTIONS, _block_by_block, mamba_stack_step_ref, narrow_projections,
@@ -20,18 +21,16 @@ if torch.cuda.is_available():
     SHAPES += [(256, 64, 16, 8), (16, 128, 16, 8), (5, 256, 16, 8)]
 
 
-def random_stage(H, N, K, bf16_projections=False):
-    """K random Mamba blocks; with ``bf16_projections`` their projections hold bf16 values only,
-    as they do when loaded from a bf16 checkpoint."""
+def random_stage(H, N, K, bf16_values=False):
+    """K random Mamba blocks; with ``bf16_values`` their parameters hold bf16 values only, as they
+    do when loaded from a bf16 checkpoint."""
     torch.manual_seed(torch.seed() % 2**31)
     stage = Stage(make_block("mamba", H, ModelConfig(mamba_state=N)) for _ in range(K))
     with torch.no_grad():
         for p in stage.parameters():  # away from the initialisation's ones and zeros
             p.add_(torch.randn_like(p) * 0.1)
-        for block in stage if bf16_projections else []:
-            for name in PROJECTIONS:
-                weight = getattr(block.block, name).weight
-                weight.copy_(weight.to(torch.bfloat16).float())
+    if bf16_values:
+        round_to_bf16(stage)
     return stage.to(DEVICE).eval()
 
 
@@ -61,7 +60,7 @@ def states_alike(stage, batch):
 def test_one_kernel_for_the_stage_matches_the_block_by_block_reference(batch, H, N, K, tile, precision, monkeypatch):
     if tile == "small":
         monkeypatch.setattr(kernels, "TILE", 16 * H)
-    stage = random_stage(H, N, K, bf16_projections=precision == "bf16")
+    stage = random_stage(H, N, K, bf16_values=precision == "bf16")
     weights = kernel_weights(stage, precision)
     reference_weights = kernel_weights(stage, "fp32")
     got_state, want_state = states_alike(stage, batch)
@@ -82,7 +81,7 @@ def test_the_per_block_kernels_read_narrowed_projections_as_the_same_numbers():
     from audiomamba_kernels.selective_scan import projected_state_update
 
     batch, H, N, K = 3, 32, 16, 2
-    stage = random_stage(H, N, K, bf16_projections=True)
+    stage = random_stage(H, N, K, bf16_values=True)
     got_state, want_state = states_alike(stage, batch)
     u = torch.randn(batch, H, device=DEVICE)
     got = _block_by_block(u, kernel_weights(stage, "bf16"), got_state.conv, got_state.ssm, in_proj_conv_step,
