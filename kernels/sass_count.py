@@ -97,7 +97,8 @@ def main() -> None:
         meta_tensor = torch.empty(batch, n_ch, L, device="meta")
         _, m = ss._prepare(meta_tensor, meta_tensor, torch.empty(n_ch, N, device="meta"), *[None] * 5)
         ints = dict(n_ch=n_ch, L_UNITS=m["L_UNITS"], N=N, n_chunks=m["n_chunks"])
-        print(f"\nB={batch} D={n_ch} L={L} N={N}: chunks of T={m['T']}, state padded to {m['N_PAD']}; "
+        print(f"\nB={batch} D={n_ch} L={L} N={N}: chunks of T={m['T']}, state padded to {m['N_PAD']}, "
+              f"{ss._tiles(m, True)['N_PAD']} states per backward program; "
               f"issue bound at {args.sms} SMs x {SCHEDULERS_PER_SM} schedulers x {args.ghz} GHz\n")
         print("| pass | warps | registers | stack bytes | loop instructions (spill loads and stores) "
               "| per element of the tile | FMUL / FFMA / MUFU per element | issue bound, ms |")
@@ -109,8 +110,8 @@ def main() -> None:
             compiled = compile_pass(kernel, dict(tiles, **FLAGS, **{switch: value}), ints, num_warps, args.arch)
             profile = loop_profile(compiled.asm["cubin"])
             ops, count = profile["opcodes"], sum(profile["opcodes"].values())
-            per_thread = m["T"] * m["N_PAD"] / (32 * num_warps)  # tile elements each thread holds
-            iterations = m["n_chunks"] * batch * n_ch  # one per (chunk, channel)
+            per_thread = m["T"] * tiles["N_PAD"] / (32 * num_warps)  # tile elements each thread holds
+            iterations = m["n_chunks"] * batch * n_ch * tiles.get("GROUPS", 1)  # per (chunk, channel, state group)
             bound_ms = count * num_warps * iterations / issue_rate * 1e3
             total[backward] += bound_ms
             print(f"| {name} | {num_warps} | {profile['registers']} | {profile['stack']} "

@@ -1,13 +1,14 @@
 """Sweep the scan kernels' tile settings on one shape, to choose the module defaults.
 
     PYTHONPATH=.:kernels python kernels/tune.py [--shape 16 128 16000] [--n-state 16] [--chunks 64]
-        [--blocks 16 32] [--warps 1] [--stages 1 2 3] [--unroll 1 2 4]
+        [--blocks 16 32] [--warps 1] [--backward-tiles 1024 2048] [--stages 1 2 3]
+        [--unroll 1 2 4]
 
 Prints forward and forward+backward median times for one shape (batch, channels, length; by
 default the audio outer stage, B=16, D=128, L=16000), bf16, one row per setting (chunk length,
-channels per program, warps of every chunk kernel, pipelining stages and unroll factor of the
-loop over a program's channels), with the registers per thread and the bytes spilled of the
-forward "output" pass and the backward "gradients" pass.
+channels per program, warps of every chunk kernel, (states, time) elements per backward program,
+pipelining stages and unroll factor of the loop over a program's channels), with the registers
+per thread and the bytes spilled of the forward "output" pass and the backward "gradients" pass.
 """
 import argparse
 import itertools
@@ -44,18 +45,19 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, nargs="+", default=[64])
     parser.add_argument("--blocks", type=int, nargs="+", default=[16])
     parser.add_argument("--warps", type=int, nargs="+", default=[1])
+    parser.add_argument("--backward-tiles", type=int, nargs="+", default=[kernels.BACKWARD_TILE])
     parser.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--unroll", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
     forward, backward = _Recorder(kernels._scan_chunks), _Recorder(kernels._scan_chunks_bwd)
     kernels._scan_chunks, kernels._scan_chunks_bwd = forward, backward
     print(f"(B, D, L) = {tuple(args.shape)}, N = {args.n_state}")
-    print("| chunk | BLOCK_D | warps | stages | unroll | forward ms | fwd+bwd ms | regs / spills fwd | bwd |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for chunk, block, warps, stages, unroll in itertools.product(args.chunks, args.blocks, args.warps, args.stages,
-                                                                 args.unroll):
-        kernels.MAX_CHUNK, kernels.BLOCK_D = chunk, block
-        kernels.NUM_WARPS = kernels.BIG_STATE_BACKWARD_WARPS = warps
+    print("| chunk | BLOCK_D | warps | backward tile | stages | unroll | forward ms | fwd+bwd ms "
+          "| regs / spills fwd | bwd |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for chunk, block, warps, tile, stages, unroll in itertools.product(args.chunks, args.blocks, args.warps,
+                                                                       args.backward_tiles, args.stages, args.unroll):
+        kernels.MAX_CHUNK, kernels.BLOCK_D, kernels.NUM_WARPS, kernels.BACKWARD_TILE = chunk, block, warps, tile
         kernels.LOOP_STAGES, kernels.LOOP_UNROLL = stages, unroll
         kernels.TILE = args.n_state * chunk  # let the chunk reach MAX_CHUNK
         try:
@@ -70,10 +72,11 @@ def main() -> None:
                 y.backward(y)
             total = triton.testing.do_bench(both, return_mode="median")
         except Exception as error:  # a setting the compiler rejects (out of shared memory, ...) is a row, not the end
-            print(f"| {chunk} | {block} | {warps} | {stages} | {unroll} | {type(error).__name__} | | | |", flush=True)
+            print(f"| {chunk} | {block} | {warps} | {tile} | {stages} | {unroll} | {type(error).__name__} | | | |",
+                  flush=True)
             continue
-        print(f"| {chunk} | {block} | {warps} | {stages} | {unroll} | {fwd:.3f} | {total:.3f} | {fwd_resources} | "
-              f"{resources(backward)} |", flush=True)
+        print(f"| {chunk} | {block} | {warps} | {tile} | {stages} | {unroll} | {fwd:.3f} | {total:.3f} "
+              f"| {fwd_resources} | {resources(backward)} |", flush=True)
 
 
 if __name__ == "__main__":

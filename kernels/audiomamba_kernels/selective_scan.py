@@ -43,7 +43,7 @@ BLOCK_D = 16  # channels per program (their B, C tiles are loaded once)
 MAX_CHUNK = 64  # samples per chunk at most (tests lower both to exercise many chunks cheaply)
 TILE = 2048  # elements of an (n, T) tile: the chunk length is TILE / n, within [16, MAX_CHUNK]
 NUM_WARPS = 1  # warps per program of the chunk kernels (kernels/tune.py on H100: 1 warp, 64-sample chunks)
-BIG_STATE_BACKWARD_WARPS = 2  # ... but of the backward ones when n > 16 (n = 64, outer fwd+bwd: 34.6 -> 24.3 ms)
+BACKWARD_TILE = 1024  # (states, T) elements per backward program at most: more states are split over programs
 LOOP_STAGES = 1  # software-pipelining stages of the loop over a block's channels (tl.range's num_stages)
 LOOP_UNROLL = 1  # unroll factor of that loop
 PASS_CHUNKS = 32  # chunks that _pass_chunks scans at a time (an (n, PASS_CHUNKS) tile; 32-128 time the same on H100)
@@ -75,11 +75,11 @@ def _delta(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _chunk_layout(c, b, L, N, T: tl.constexpr, N_PAD: tl.constexpr):
-    """Chunk c of batch row b: times t (T,), states n (N_PAD,), their masks, the (n, T) tile mask
-    and the offsets of the (n, T) tiles of B and C."""
+def _chunk_layout(c, b, L, N, T: tl.constexpr, N_PAD: tl.constexpr, n0=0):
+    """Chunk c of batch row b: times t (T,), states n (N_PAD,) from n0, their masks, the (n, T)
+    tile mask and the offsets of the (n, T) tiles of B and C."""
     t = c * T + tl.arange(0, T)
-    n = tl.arange(0, N_PAD)
+    n = n0 + tl.arange(0, N_PAD)
     t_ok, n_ok = t < L, n < N
     return t, n, t_ok, n_ok, n_ok[:, None] & t_ok[None, :], b * N * L + n[:, None] * L + t[None, :]
 
@@ -199,15 +199,21 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                      incoming_ptr, first_ptr, carry_in_ptr,
                      gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr,
                      n_ch, L_UNITS, N, n_chunks,
-                     L_ALIGN: tl.constexpr, T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr,
-                     STAGES: tl.constexpr, UNROLL: tl.constexpr, GRADS: tl.constexpr,
+                     L_ALIGN: tl.constexpr, T: tl.constexpr, N_PAD: tl.constexpr, GROUPS: tl.constexpr,
+                     BLOCK: tl.constexpr, STAGES: tl.constexpr, UNROLL: tl.constexpr, GRADS: tl.constexpr,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """GRADS=False: per chunk, a[first] * lambda_local[first] (the adjoint a chunk hands to the one
     before it). GRADS=True: every gradient, from the adjoint carried in from later chunks; gA, gD
-    and gbias as one partial sum per (batch row, chunk), gB and gC as one per channel block."""
-    c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    and gbias as one partial sum per (batch row, chunk), gB and gC as one per channel block.
+
+    The states are split into GROUPS groups of N_PAD, one program each: only gu, gdelta, gz and
+    gbias sum over the states, and each is linear in its group's terms, so with GROUPS > 1 every
+    group writes its own fp32 partial of them (indexed first by group) and group 0 adds the D terms."""
+    c, b = tl.program_id(0), tl.program_id(1)
+    blk, group = tl.program_id(2) // GROUPS, tl.program_id(2) % GROUPS
     L = L_UNITS * L_ALIGN  # the length, known to the compiler as a multiple of L_ALIGN (see _prepare)
-    t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD)
+    t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD, group * N_PAD)
+    partial = group.to(tl.int64) * tl.num_programs(1) * n_ch * L if GROUPS > 1 else 0  # its slice of gu, gdelta, gz
     chunk_end = tl.minimum(c * T + T, L)
     rows = (delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, A_ptr, incoming_ptr, carry_in_ptr)
     flags = (BLOCK, HAS_BIAS, HAS_Z, True, GRADS, GRADS)
@@ -252,23 +258,22 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             g_decay = lam * (h - drive)  # d loss / d (dt * A) = lambda[t] a[t] h[t-1]
             gdt = tl.sum(lam * B_tile, axis=0) * u + tl.sum(g_decay * A[:, None], axis=0)
             gu = tl.sum(lam * B_tile, axis=0) * dt
-            if HAS_D:
-                gu += gy * tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+            D = tl.load(D_ptr + d, mask=d_ok & (group == 0), other=0.0).to(tl.float32) if HAS_D else 0.0
+            gu += gy * D
             if HAS_Z:
-                y = tl.sum(C_tile * h, axis=0)
-                if HAS_D:
-                    y += tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) * u
+                y = tl.sum(C_tile * h, axis=0) + D * u
                 gz = g * y * sig * (1.0 + zz * (1.0 - sig))
-                tl.store(gz_ptr + row + t, gz.to(gz_ptr.dtype.element_ty), mask=mask)
+                tl.store(gz_ptr + partial + row + t, gz.to(gz_ptr.dtype.element_ty), mask=mask)
             if SOFTPLUS:
                 gdt = gdt * tl.sigmoid(raw + bias if HAS_BIAS else raw)
             gdt = tl.where(mask, gdt, 0.0)
-            tl.store(gdelta_ptr + row + t, gdt.to(gdelta_ptr.dtype.element_ty), mask=mask)
-            tl.store(gu_ptr + row + t, gu.to(gu_ptr.dtype.element_ty), mask=mask)
+            tl.store(gdelta_ptr + partial + row + t, gdt.to(gdelta_ptr.dtype.element_ty), mask=mask)
+            tl.store(gu_ptr + partial + row + t, gu.to(gu_ptr.dtype.element_ty), mask=mask)
             per_channel = (b * n_chunks + c) * n_ch + d
             tl.store(gA_ptr + per_channel * N + n, tl.sum(g_decay * dt[None, :], axis=1), mask=n_ok & d_ok)
-            tl.store(gD_ptr + per_channel, tl.sum(gy * u, axis=0), mask=d_ok)
-            tl.store(gbias_ptr + per_channel, tl.sum(gdt, axis=0), mask=d_ok)
+            tl.store(gD_ptr + per_channel, tl.sum(gy * u, axis=0), mask=d_ok & (group == 0))
+            tl.store(gbias_ptr + group * tl.num_programs(1) * n_chunks * n_ch + per_channel, tl.sum(gdt, axis=0),
+                     mask=d_ok)
             gB_acc += lam * (dt * u)[None, :]
             gC_acc += tl.where(d_ok, h * gy[None, :], 0.0)
         else:
@@ -298,10 +303,15 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
 
 
 def _tiles(m, backward: bool):
-    """The chunk kernels' tile settings, from the module defaults (which tests and kernels/tune.py change)."""
-    warps = BIG_STATE_BACKWARD_WARPS if backward and m["N_PAD"] > 16 else NUM_WARPS
-    return dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, STAGES=LOOP_STAGES, UNROLL=LOOP_UNROLL,
-                num_warps=warps)
+    """The chunk kernels' tile settings, from the module defaults (which tests and kernels/tune.py
+    change). A backward program takes N_PAD of the states, GROUPS programs all of them: BACKWARD_TILE
+    elements at most, since larger tiles spill (H200, fwd+bwd: n = 32 10.1 -> 7.0 ms, n = 64 22.0 -> 13.6 ms)."""
+    if not backward:
+        return dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, STAGES=LOOP_STAGES,
+                    UNROLL=LOOP_UNROLL, num_warps=NUM_WARPS)
+    group = max(1, min(m["N_PAD"], BACKWARD_TILE // m["T"]))
+    return dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=group, GROUPS=m["N_PAD"] // group, BLOCK=BLOCK_D,
+                STAGES=LOOP_STAGES, UNROLL=LOOP_UNROLL, num_warps=NUM_WARPS)
 
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
@@ -334,26 +344,34 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     first = torch.empty_like(incoming)
     carry_in = torch.empty_like(incoming)
     g_init = torch.empty(m["batch"], m["n_ch"], m["N"], **f32)
-    gu, gdelta = torch.empty_like(u), torch.empty_like(delta)  # written in the inputs' dtypes
-    gz = torch.empty_like(z) if z is not None else None
-    grid = (m["n_chunks"], m["batch"], triton.cdiv(m["n_ch"], BLOCK_D))
-    # Partial sums, added up below (no atomics); every element is written.
+    tiles = _tiles(m, backward=True)
+    groups, blocks = tiles["GROUPS"], triton.cdiv(m["n_ch"], BLOCK_D)
+    # Partial sums, added up below (no atomics); every element is written. With one group, gu,
+    # gdelta and gz are written in the inputs' dtypes; with several, as fp32 partials.
+    def per_group(x):
+        return torch.empty_like(x) if groups == 1 else torch.empty(groups, *x.shape, **f32)
+    gu, gdelta = per_group(u), per_group(delta)
+    gz = per_group(z) if z is not None else None
     gA = torch.empty(m["batch"], m["n_chunks"], *A.shape, **f32)
     gD = torch.empty(m["batch"], m["n_chunks"], m["n_ch"], **f32)
-    gbias = torch.empty_like(gD)
-    gB = torch.empty(grid[2], *B.shape, **f32)
-    gC = torch.empty(grid[2], *C.shape, **f32)
+    gbias = torch.empty(groups, m["batch"], m["n_chunks"], m["n_ch"], **f32)
+    gB = torch.empty(blocks, *B.shape, **f32)
+    gC = torch.empty(blocks, *C.shape, **f32)
+    grid = (m["n_chunks"], m["batch"], blocks * groups)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u,
             gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu, gA, gB, gC, gD, gbias)
     sizes = (m["n_ch"], m["L_UNITS"], m["N"], m["n_chunks"])
-    common = dict(_tiles(m, backward=True), **flags)
+    common = dict(tiles, **flags)
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
     _pass_chunks[(m["batch"], m["n_ch"])](A, first, dt_sum, carry_in, g_init, g_init, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=True, HAS_INIT=False, K=PASS_CHUNKS)
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=True, **common)
+    if groups > 1:
+        gu, gdelta = gu.sum(0).to(u.dtype), gdelta.sum(0).to(delta.dtype)
+        gz = gz.sum(0).to(z.dtype) if z is not None else None
     return (gu, gdelta, gA.sum((0, 1)), gB.sum(0), gC.sum(0), gD.sum((0, 1)) if D is not None else None, gz,
-            gbias.sum((0, 1)) if bias is not None else None, g_init)
+            gbias.sum((0, 1, 2)) if bias is not None else None, g_init)
 
 
 # The scan as two PyTorch custom operators, forward and backward, with the backward registered as

@@ -16,12 +16,14 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.fixture(autouse=True)
 def _small_tiles_under_the_interpreter(monkeypatch):
     """The interpreter runs programs in Python: short chunks and channel blocks keep it quick and
-    make even short sequences cross several chunks, several channel blocks and several tiles of
-    the pass that carries the state across chunks."""
+    make even short sequences cross several chunks, several channel blocks, several tiles of the
+    pass that carries the state across chunks and, for n >= 16, several backward programs per
+    channel block, each with 8 of the states."""
     if DEVICE == "cpu":
         monkeypatch.setattr(kernels, "MAX_CHUNK", 16)
         monkeypatch.setattr(kernels, "BLOCK_D", 4)
         monkeypatch.setattr(kernels, "PASS_CHUNKS", 2)
+        monkeypatch.setattr(kernels, "BACKWARD_TILE", 8 * 16)
 
 
 def rel_err(got, want):
@@ -52,7 +54,7 @@ def make_inputs(batch, d, n, length, dtype, with_z, with_d, with_bias):
 # (batch, channels, state, length): L = 1, L not a multiple of the chunk, channels not a multiple
 # of the block, N in {16, 64}, lengths whose largest power-of-two factor is 1, 4 or 8 (the kernels
 # compile for it); on the GPU, with the default tiles, up to 141 chunks (five tiles of the pass
-# across chunks, the last one partial).
+# across chunks, the last one partial) and n = 64 split over two backward programs.
 SHAPES = [(2, 3, 4, 1), (2, 5, 16, 37), (1, 6, 64, 40)]
 if torch.cuda.is_available():
     SHAPES += [(1, 17, 16, 1000), (2, 40, 64, 300), (2, 128, 16, 4001), (1, 8, 16, 9000)]
