@@ -21,7 +21,10 @@ gradient through the decay uses lambda[t] * (h[t] - b[t]), which equals lambda[t
 with no division. A program loads its B and C tiles (n x T) once and reuses them for every
 channel of its block. It accumulates dB and dC over those channels and writes one partial sum per
 block (dA, dD and dbias: one per program); torch adds the partial sums up afterwards. With no atomics the
-gradients are deterministic. State and accumulation are fp32 whatever the input dtype.
+gradients are deterministic. A large state is split over backward programs (``BACKWARD_TILE``):
+each takes some of the states and writes its own partial of gu, gdelta and gz, since a tile of
+64 states x 32 samples spills one warp's registers. State and accumulation are fp32 whatever the
+input dtype.
 
 A chunk kernel's program runs its channels one after another, so each loop iteration loads the
 next channel's rows (``_channel_inputs``) while it scans the current one: with one warp per
