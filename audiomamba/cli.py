@@ -3,6 +3,7 @@
     audiomamba train RECIPE [--resume] [section.key=value ...]
     audiomamba sample CHECKPOINT [--n 8 --seconds 1 --label yes --prefix a.wav --out DIR ...]
     audiomamba nll CHECKPOINT [--data PATH] [--split test]
+    audiomamba export CHECKPOINT --out DIR [--dtype bf16]
     audiomamba model-info RECIPE [section.key=value ...]
     audiomamba data pack RECIPE --out DIR [--splits train validation test]
     audiomamba classifier train --data PATH --dataset speech_commands --out DIR
@@ -129,6 +130,19 @@ def _clips_from_wavs(paths: list[str], recipe, label: int | None):
     labels = torch.full((len(audio),), recipe.model.n_classes if label is None else label, dtype=torch.long)
     return ClipSet(torch.stack([mulaw_encode(a) for a in audio]), labels, [""] * len(audio), [],
                    recipe.data.sample_rate, [])
+
+
+def cmd_export(args, extra) -> None:
+    from audiomamba.checkpoint import export_checkpoint
+
+    try:
+        out, weights = export_checkpoint(args.checkpoint, args.out, args.dtype)
+    except FileExistsError as err:
+        raise SystemExit(f"audiomamba: {err}") from None
+    megabytes = sum(t.numel() * t.element_size() for t in weights.values()) / 1e6
+    exported_from = json.loads((out / "config.json").read_text())["exported_from"]
+    print(f"wrote {out}: {sum(t.numel() for t in weights.values()):,} weights in {args.dtype} ({megabytes:.1f} MB), "
+          f"from {exported_from['checkpoint']}/{exported_from['weights']}")
 
 
 def cmd_model_info(args, extra) -> None:
@@ -318,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_nll)
+
+    p = verbs.add_parser("export", help="a checkpoint's weights in bf16 with its config, as the shipped models are")
+    p.add_argument("checkpoint", help="a checkpoint directory or a run directory (its latest checkpoint)")
+    p.add_argument("--out", required=True, help="the directory to write (model.safetensors, config.json)")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"],
+                   help="bf16 (default): half the size, and faster generation on GPU")
+    p.set_defaults(fn=cmd_export)
 
     p = verbs.add_parser("model-info", help="parameters per stage and block type")
     p.add_argument("recipe")

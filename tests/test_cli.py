@@ -80,6 +80,34 @@ def test_nll_of_a_split(trained, capsys):
     assert result["clips"] == 30 and 0 < result["nll_bits_per_sample"] < 9
 
 
+def test_export_writes_bf16_weights_that_sample_and_nll_load(trained, tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    from audiomamba.checkpoint import load_model
+
+    release = tmp_path / "release"
+    run("export", trained, "--out", release)
+    assert "weights in bf16" in capsys.readouterr().out
+    assert sorted(p.name for p in release.iterdir()) == ["config.json", "model.safetensors"]
+    assert {t.dtype for t in load_file(release / "model.safetensors").values()} == {torch.bfloat16}
+    source, _, source_config = load_model(trained)
+    exported, _, config = load_model(release)
+    assert config["label_names"] == source_config["label_names"] and config["exported_from"]["dtype"] == "bf16"
+    for (name, want), got in zip(source.state_dict().items(), exported.state_dict().values()):
+        assert got.dtype == torch.float32 and torch.equal(got, want.to(torch.bfloat16).float()), name
+
+    run("nll", trained, "--split", "test", "--quiet")
+    run("nll", release, "--split", "test", "--quiet")
+    before, after = (json.loads(line)["nll_bits_per_sample"] for line in capsys.readouterr().out.splitlines())
+    assert abs(after - before) < 0.01  # rounding to bf16 moves the likelihood a little, not much
+    run("sample", release, "--n", 1, "--seconds", 0.01, "--label", "1", "--out", tmp_path / "s", "--quiet")
+    assert (tmp_path / "s" / "samples.json").is_file()
+    run("export", trained, "--out", release)  # exporting again replaces the copy
+    with pytest.raises(SystemExit, match="is not an exported checkpoint"):
+        run("export", trained, "--out", tmp_path)  # a directory holding other things is left alone
+
+
 def test_bad_requests_exit_with_one_clear_line(trained, capsys):
     with pytest.raises(SystemExit, match="unknown label 'eleven'"):
         run("sample", trained, "--label", "eleven", "--out", trained / "x")

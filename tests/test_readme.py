@@ -23,9 +23,9 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 
 def test_every_verb_the_readme_shows_is_exercised_by_a_test():
-    verbs = r"audiomamba (train|sample|nll|model-info|data pack|classifier train|classifier predict|eval|demo)\b"
+    verbs = r"audiomamba (train|sample|nll|export|model-info|data pack|classifier train|classifier predict|eval|demo)\b"
     shown = {verb for block in bash_blocks() for verb in re.findall(verbs, block)}
-    assert len(shown) == 9
+    assert len(shown) == 10
     test_sources = "\n".join(p.read_text() for p in (REPO / "tests").rglob("test_*.py"))
     for verb in shown:
         argv = ", ".join(f'"{word}"' for word in verb.split())  # how the tests spell the command line
