@@ -37,6 +37,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -50,6 +51,7 @@ BACKWARD_TILE = 1024  # (states, T) elements per backward program at most: more 
 LOOP_STAGES = 1  # software-pipelining stages of the loop over a block's channels (tl.range's num_stages)
 LOOP_UNROLL = 1  # unroll factor of that loop
 PASS_CHUNKS = 32  # chunks that _pass_chunks scans at a time (an (n, PASS_CHUNKS) tile; 32-128 time the same on H100)
+GEMM_FROM_BATCH = 1024  # from this batch, fp32 x_proj and dt_proj run as cuBLAS GEMMs (BENCHMARKS.md, session 14)
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x log2 e): the chunk kernels scale A once, not every exponent
 
 
@@ -550,10 +552,19 @@ def selective_state_update(state, x, delta, A, B, C, D=None, z=None, delta_bias=
 
 
 def projected_state_update(state, x, z, x_proj_weight, dt_proj_weight, dt_bias, A, D):
-    """Mamba's recurrent step from x, fused; arguments and results as ``projected_state_update_ref``."""
+    """Mamba's recurrent step from x, fused; arguments and results as ``projected_state_update_ref``.
+    From ``GEMM_FROM_BATCH`` rows, fp32 x_proj and dt_proj run as GEMMs first and the kernel does
+    the rest (``selective_state_update``): the fused kernel's programs each read all of x_proj's
+    weights for their row, which at such batches costs more than the two extra launches. With
+    bf16 projections (half the bytes) the fused kernel measured faster up to batch 2048."""
     if state.dtype != torch.float32 or not state.is_contiguous():
         raise ValueError("the scan state must be a contiguous fp32 tensor (it is updated in place)")
     batch, n_ch = x.shape
+    if batch >= GEMM_FROM_BATCH and x_proj_weight.dtype == dt_proj_weight.dtype == x.dtype == torch.float32:
+        rank, n = dt_proj_weight.shape[1], A.shape[1]
+        dt_low, B, C = torch.split(F.linear(x, x_proj_weight), [rank, n, n], dim=-1)
+        delta = F.linear(dt_low, dt_proj_weight)
+        return selective_state_update(state, x, delta, A, B, C, D, z, dt_bias, delta_softplus=True)
     N, R = A.shape[1], dt_proj_weight.shape[1]
     x, z, x_proj_weight, dt_proj_weight, A = (t.contiguous() for t in (x, z, x_proj_weight, dt_proj_weight, A))
     y = torch.empty_like(x)

@@ -168,17 +168,25 @@ def test_fused_state_update_matches_the_reference_step(d, n, with_options):
 @pytest.mark.parametrize("batch, d, n, rank", [(3, 5, 4, 1), (20, 40, 16, 3), (3, 130, 16, 9)] +
                          ([(1, 128, 16, 4), (256, 128, 16, 4), (33, 512, 16, 16), (256, 256, 64, 8)]
                           if torch.cuda.is_available() else []))
-def test_projected_state_update_matches_the_reference_step(batch, d, n, rank):
-    """Mamba's whole SSM step (x_proj, dt_proj, softplus, update, D, gate) in one kernel."""
+@pytest.mark.parametrize("projections", ["in the kernel", "as GEMMs"])  # small batches, large ones
+@pytest.mark.parametrize("weights", ["fp32", "bf16"])  # x_proj and dt_proj as stored (bf16: narrowed, exact)
+def test_projected_state_update_matches_the_reference_step(batch, d, n, rank, projections, weights, monkeypatch):
+    """Mamba's whole SSM step (x_proj, dt_proj, softplus, update, D, gate) in one kernel, or, from
+    GEMM_FROM_BATCH rows and with fp32 projections, with x_proj and dt_proj as GEMMs before it
+    (here whatever the batch)."""
+    monkeypatch.setattr(kernels, "GEMM_FROM_BATCH", 1 if projections == "as GEMMs" else 10**9)
     g = torch.Generator().manual_seed(torch.seed() % 2**31)
 
     def rand(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).to(DEVICE)
 
-    args = (rand(batch, d), rand(batch, d), rand(rank + 2 * n, d, scale=d**-0.5), rand(d, rank, scale=rank**-0.5),
-            rand(d, scale=0.5), -torch.rand(d, n, generator=g).to(DEVICE) * 4 - 0.1, rand(d))
+    x_proj, dt_proj = rand(rank + 2 * n, d, scale=d**-0.5), rand(d, rank, scale=rank**-0.5)
+    if weights == "bf16":
+        x_proj, dt_proj = x_proj.to(torch.bfloat16), dt_proj.to(torch.bfloat16)
+    args = (rand(batch, d), rand(batch, d), x_proj, dt_proj, rand(d, scale=0.5),
+            -torch.rand(d, n, generator=g).to(DEVICE) * 4 - 0.1, rand(d))
     state = rand(batch, d, n)
     state_ref = state.clone()
     y = kernels.projected_state_update(state, *args)
-    y_ref = projected_state_update_ref(state_ref, *args)
+    y_ref = projected_state_update_ref(state_ref, *args[:2], x_proj.float(), dt_proj.float(), *args[4:])
     assert rel_err(y, y_ref) <= 1e-5 and rel_err(state, state_ref) <= 1e-5
