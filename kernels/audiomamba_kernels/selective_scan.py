@@ -310,7 +310,8 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
 def _tiles(m, backward: bool):
     """The chunk kernels' tile settings, from the module defaults (which tests and kernels/tune.py
     change). A backward program takes N_PAD of the states, GROUPS programs all of them: BACKWARD_TILE
-    elements at most, since larger tiles spill (H200, fwd+bwd: n = 32 10.1 -> 7.0 ms, n = 64 22.0 -> 13.6 ms)."""
+    elements at most, since larger tiles spill (H200, outer stage fwd+bwd: n = 32 in one program 10.1
+    ms, in two 7.0; n = 64 in one program with 2 warps 22.0 ms, in two 13.6)."""
     if not backward:
         return dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, STAGES=LOOP_STAGES,
                     UNROLL=LOOP_UNROLL, num_warps=NUM_WARPS)
