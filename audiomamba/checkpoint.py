@@ -166,7 +166,8 @@ def export_checkpoint(path: str | Path, out: str | Path, dtype: str = "bf16") ->
     of ``EXPORT_DTYPES``), and its config.json with ``exported_from`` added. No optimizer state,
     so it cannot resume a run. Loading it gives fp32 weights holding ``dtype`` values; for bf16,
     the generation kernels of narrow stages then read their projections in bf16
-    (``audiomamba.ops.mamba_stack``), which is faster on GPU. Returns (``out``, the weights written)."""
+    (``audiomamba.ops.mamba_stack``), which is faster on GPU. Returns (the weights file read, the
+    weights written)."""
     ckpt, out = resolve_checkpoint(path), Path(out)
     if out.exists() and (not out.is_dir() or {p.name for p in out.iterdir()} - {"model.safetensors", "config.json"}):
         raise FileExistsError(f"{out} exists and is not an exported checkpoint; choose a new directory")
@@ -179,7 +180,7 @@ def export_checkpoint(path: str | Path, out: str | Path, dtype: str = "bf16") ->
     with _directory_written_atomically(out) as tmp:
         save_file(weights, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    return out, weights
+    return weights_file, weights
 
 
 def round_to_bf16(module: torch.nn.Module) -> torch.nn.Module:

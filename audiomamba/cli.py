@@ -136,13 +136,12 @@ def cmd_export(args, extra) -> None:
     from audiomamba.checkpoint import export_checkpoint
 
     try:
-        out, weights = export_checkpoint(args.checkpoint, args.out, args.dtype)
+        source, weights = export_checkpoint(args.checkpoint, args.out, args.dtype)
     except FileExistsError as err:
         raise SystemExit(f"audiomamba: {err}") from None
     megabytes = sum(t.numel() * t.element_size() for t in weights.values()) / 1e6
-    exported_from = json.loads((out / "config.json").read_text())["exported_from"]
-    print(f"wrote {out}: {sum(t.numel() for t in weights.values()):,} weights in {args.dtype} ({megabytes:.1f} MB), "
-          f"from {exported_from['checkpoint']}/{exported_from['weights']}")
+    print(f"wrote {args.out}: {sum(t.numel() for t in weights.values()):,} weights in {args.dtype} "
+          f"({megabytes:.1f} MB), from {source}")
 
 
 def cmd_model_info(args, extra) -> None:
