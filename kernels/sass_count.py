@@ -31,11 +31,11 @@ from audiomamba_kernels import selective_scan as ss  # noqa: E402
 
 BF16_ARGS = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "gy_ptr", "y_ptr", "gu_ptr", "gdelta_ptr", "gz_ptr"}
 FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)  # the Mamba block's call
-PASSES = [  # (name, kernel, the constexpr that picks the pass, its value, backward?)
-    ("forward: chunk end states", ss._scan_chunks, "OUTPUT", False, False),
-    ("forward: output", ss._scan_chunks, "OUTPUT", True, False),
-    ("backward: adjoint handed back", ss._scan_chunks_bwd, "GRADS", False, True),
-    ("backward: gradients", ss._scan_chunks_bwd, "GRADS", True, True),
+PASSES = [  # (name, kernel, the constexprs that pick the pass, backward?); the forward as in training
+    ("forward: chunk end states", ss._scan_chunks, dict(OUTPUT=False, SAVE_PRE=False), False),
+    ("forward: output", ss._scan_chunks, dict(OUTPUT=True, SAVE_PRE=True), False),
+    ("backward: adjoint handed back", ss._scan_chunks_bwd, dict(GRADS=False), True),
+    ("backward: gradients", ss._scan_chunks_bwd, dict(GRADS=True), True),
 ]
 SCHEDULERS_PER_SM = 4  # warp schedulers per SM, each issuing at most one instruction a cycle
 
@@ -104,10 +104,10 @@ def main() -> None:
               "| per element of the tile | FMUL / FFMA / MUFU per element | issue bound, ms |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         total = {False: 0.0, True: 0.0}
-        for name, kernel, switch, value, backward in PASSES:
+        for name, kernel, switches, backward in PASSES:
             tiles = ss._tiles(m, backward)
             num_warps = tiles.pop("num_warps")
-            compiled = compile_pass(kernel, dict(tiles, **FLAGS, **{switch: value}), ints, num_warps, args.arch)
+            compiled = compile_pass(kernel, dict(tiles, **FLAGS, **switches), ints, num_warps, args.arch)
             profile = loop_profile(compiled.asm["cubin"])
             ops, count = profile["opcodes"], sum(profile["opcodes"].values())
             per_thread = m["T"] * tiles["N_PAD"] / (32 * num_warps)  # tile elements each thread holds

@@ -80,6 +80,16 @@ def _delta(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
+def _with_incoming(drive, a, h0, T: tl.constexpr):
+    """The scan's input (n, T) with the incoming state h0 (n,) folded into its first sample, so
+    that a scan from zero gives the true states: h[0] = a[0] h0 + drive[0]. (Adding a_cum * h0
+    after the scan would cost a multiply for the scan's products and an FMA per element; the
+    select here is constant for every column but the first.)"""
+    first = (tl.arange(0, T) == 0)[None, :]
+    return tl.where(first, drive + a * h0[:, None], drive)
+
+
+@triton.jit
 def _chunk_layout(c, b, L, N, T: tl.constexpr, N_PAD: tl.constexpr, n0=0):
     """Chunk c of batch row b: times t (T,), states n (N_PAD,) from n0, their masks, the (n, T)
     tile mask and the offsets of the (n, T) tiles of B and C."""
@@ -98,14 +108,14 @@ def _channel(blk, i, b, n_ch, L, t_ok, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _channel_inputs(delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, A_ptr, state_ptr, carry_ptr,
+def _channel_inputs(delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, pre_ptr, A_ptr, state_ptr, carry_ptr,
                     blk, i, b, c, n_ch, L, N, n_chunks, t, n, t_ok, n_ok,
                     BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_Z: tl.constexpr, GY: tl.constexpr,
-                    STATE: tl.constexpr, CARRY: tl.constexpr):
+                    PRE: tl.constexpr, STATE: tl.constexpr, CARRY: tl.constexpr):
     """Channel i's rows in this chunk, loaded one channel ahead of their use so that their latency
     overlaps the scan of the channel before (the loop below carries them): raw delta (T,), its bias,
-    u (T,), and by flag z, the output gradient gy, A (n,), the chunk's incoming state and carried
-    adjoint (n,). Unused results are zeros."""
+    u (T,), and by flag z, the output gradient gy, the output before the gate (T,), A (n,), the
+    chunk's incoming state and carried adjoint (n,). Unused results are zeros."""
     d, d_ok, mask, row = _channel(blk, i, b, n_ch, L, t_ok, BLOCK)
     zero_t = tl.zeros_like(t).to(tl.float32)
     zero_n = tl.zeros_like(n).to(tl.float32)
@@ -114,35 +124,37 @@ def _channel_inputs(delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, A_ptr, state_ptr,
     u = tl.load(u_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
     zz = tl.load(z_ptr + row + t, mask=mask, other=0.0).to(tl.float32) if HAS_Z else zero_t
     g = tl.load(gy_ptr + row + t, mask=mask, other=0.0).to(tl.float32) if GY else zero_t
+    pre = tl.load(pre_ptr + row + t, mask=mask, other=0.0).to(tl.float32) if PRE else zero_t
     A = tl.load(A_ptr + d * N + n, mask=n_ok & d_ok, other=0.0).to(tl.float32)
     state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
     h0 = tl.load(state_ptr + state_offsets, mask=n_ok & d_ok, other=0.0) if STATE else zero_n
     carry = tl.load(carry_ptr + state_offsets, mask=n_ok & d_ok, other=0.0) if CARRY else zero_n
-    return raw, bias, u, zz, g, A, h0, carry
+    return raw, bias, u, zz, g, pre, A, h0, carry
 
 
 @triton.jit
-def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
+def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, pre_ptr,
                  end_state_ptr, dt_sum_ptr, incoming_ptr,
                  n_ch, L_UNITS, N, n_chunks,
                  L_ALIGN: tl.constexpr, T: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr,
-                 STAGES: tl.constexpr, UNROLL: tl.constexpr, OUTPUT: tl.constexpr,
+                 STAGES: tl.constexpr, UNROLL: tl.constexpr, OUTPUT: tl.constexpr, SAVE_PRE: tl.constexpr,
                  HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """OUTPUT=False: chunk end states (from zero) and delta sums. OUTPUT=True: y from incoming states."""
+    """OUTPUT=False: chunk end states (from zero) and delta sums. OUTPUT=True: y from incoming
+    states, and with SAVE_PRE also y before the silu(z) gate (for the backward's gz)."""
     c, b, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     L = L_UNITS * L_ALIGN  # the length, known to the compiler as a multiple of L_ALIGN (see _prepare)
     t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD)
-    rows = (delta_ptr, bias_ptr, u_ptr, z_ptr, u_ptr, A_ptr, incoming_ptr, incoming_ptr)
-    flags = (BLOCK, HAS_BIAS, HAS_Z and OUTPUT, False, OUTPUT, False)
-    raw_n, bias_n, u_n, z_n, _, A_n, h0_n, _ = _channel_inputs(*rows, blk, 0, b, c, n_ch, L, N, n_chunks, t, n, t_ok,
-                                                               n_ok, *flags)
+    rows = (delta_ptr, bias_ptr, u_ptr, z_ptr, u_ptr, u_ptr, A_ptr, incoming_ptr, incoming_ptr)
+    flags = (BLOCK, HAS_BIAS, HAS_Z and OUTPUT, False, False, OUTPUT, False)
+    raw_n, bias_n, u_n, z_n, _, _, A_n, h0_n, _ = _channel_inputs(*rows, blk, 0, b, c, n_ch, L, N, n_chunks, t, n,
+                                                                  t_ok, n_ok, *flags)
     B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     if OUTPUT:
         C_tile = tl.load(C_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     for i in tl.range(BLOCK, num_stages=STAGES, loop_unroll_factor=UNROLL):
         raw, bias, u, zz, A, h0 = raw_n, bias_n, u_n, z_n, A_n, h0_n
-        raw_n, bias_n, u_n, z_n, _, A_n, h0_n, _ = _channel_inputs(*rows, blk, i + 1, b, c, n_ch, L, N, n_chunks, t,
-                                                                   n, t_ok, n_ok, *flags)
+        raw_n, bias_n, u_n, z_n, _, _, A_n, h0_n, _ = _channel_inputs(*rows, blk, i + 1, b, c, n_ch, L, N, n_chunks,
+                                                                      t, n, t_ok, n_ok, *flags)
         d, d_ok, mask, row = _channel(blk, i, b, n_ch, L, t_ok, BLOCK)
         dt = _delta(raw, bias, mask, HAS_BIAS, SOFTPLUS)
         A2 = A * LOG2E
@@ -150,12 +162,13 @@ def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
         if OUTPUT:
             a = tl.exp2(dt[None, :] * A2[:, None])
-            a_cum, h = tl.associative_scan((a, drive), 1, _combine)
-            h = h + a_cum * h0[:, None]
+            h = tl.associative_scan((a, _with_incoming(drive, a, h0, T)), 1, _combine)[1]
             y = tl.sum(C_tile * h, axis=0)
             if HAS_D:
                 y += tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) * u
             if HAS_Z:
+                if SAVE_PRE:
+                    tl.store(pre_ptr + row + t, y.to(pre_ptr.dtype.element_ty), mask=mask)
                 y = y * zz * tl.sigmoid(zz)
             tl.store(y_ptr + row + t, y.to(y_ptr.dtype.element_ty), mask=mask)
         else:  # end state = sum_t exp(A * sum(dt after t)) * drive[t]: a weighted sum, no scan needed
@@ -200,7 +213,7 @@ def _pass_chunks(A_ptr, chunk_ptr, dt_sum_ptr, carry_in_ptr, init_ptr, final_ptr
 
 
 @triton.jit
-def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gy_ptr,
+def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gy_ptr, pre_ptr,
                      incoming_ptr, first_ptr, carry_in_ptr,
                      gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr,
                      n_ch, L_UNITS, N, n_chunks,
@@ -209,30 +222,34 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """GRADS=False: per chunk, a[first] * lambda_local[first] (the adjoint a chunk hands to the one
     before it). GRADS=True: every gradient, from the adjoint carried in from later chunks; gA, gD
-    and gbias as one partial sum per (batch row, chunk), gB and gC as one per channel block.
+    and gbias as one partial sum per (batch row, chunk), gB and gC as one per channel block. gz
+    comes from the forward's output before the gate (``pre_ptr``), so no C h sum is needed here.
 
-    The states are split into GROUPS groups of N_PAD, one program each: only gu, gdelta, gz and
-    gbias sum over the states, and each is linear in its group's terms, so with GROUPS > 1 every
-    group writes its own fp32 partial of them (indexed first by group) and group 0 adds the D terms."""
+    The states are split into GROUPS groups of N_PAD, one program each: only gu, gdelta and gbias
+    sum over the states, and each is linear in its group's terms, so with GROUPS > 1 every group
+    writes its own fp32 partial of them (indexed first by group); group 0 adds the D terms and
+    writes gz."""
     c, b = tl.program_id(0), tl.program_id(1)
     blk, group = tl.program_id(2) // GROUPS, tl.program_id(2) % GROUPS
     L = L_UNITS * L_ALIGN  # the length, known to the compiler as a multiple of L_ALIGN (see _prepare)
     t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD, group * N_PAD)
-    partial = group.to(tl.int64) * tl.num_programs(1) * n_ch * L if GROUPS > 1 else 0  # its slice of gu, gdelta, gz
+    partial = group.to(tl.int64) * tl.num_programs(1) * n_ch * L if GROUPS > 1 else 0  # its slice of gu, gdelta
     chunk_end = tl.minimum(c * T + T, L)
-    rows = (delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, A_ptr, incoming_ptr, carry_in_ptr)
-    flags = (BLOCK, HAS_BIAS, HAS_Z, True, GRADS, GRADS)
+    rows = (delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, pre_ptr, A_ptr, incoming_ptr, carry_in_ptr)
+    flags = (BLOCK, HAS_BIAS, HAS_Z, True, GRADS and HAS_Z, GRADS, GRADS)
     t_back = c * T + T - 1 - tl.arange(0, T)  # the chunk's times backwards, for the adjoint's scan
-    raw_n, bias_n, u_n, z_n, g_n, A_n, h0_n, carry_n = _channel_inputs(*rows, blk, 0, b, c, n_ch, L, N, n_chunks, t, n,
-                                                                       t_ok, n_ok, *flags)
+    raw_n, bias_n, u_n, z_n, g_n, pre_n, A_n, h0_n, carry_n = _channel_inputs(*rows, blk, 0, b, c, n_ch, L, N,
+                                                                              n_chunks, t, n, t_ok, n_ok, *flags)
     B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     C_tile = tl.load(C_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
+    if GRADS:  # C backwards in time, flipped once for all channels: the adjoint's scan is its only use
+        C_tile = tl.flip(C_tile, 1)
     gB_acc = tl.zeros([N_PAD, T], dtype=tl.float32)
     gC_acc = tl.zeros([N_PAD, T], dtype=tl.float32)
     for i in tl.range(BLOCK, num_stages=STAGES, loop_unroll_factor=UNROLL):
-        raw, bias, u, zz, g, A, h0, carry = raw_n, bias_n, u_n, z_n, g_n, A_n, h0_n, carry_n
-        raw_n, bias_n, u_n, z_n, g_n, A_n, h0_n, carry_n = _channel_inputs(*rows, blk, i + 1, b, c, n_ch, L, N,
-                                                                           n_chunks, t, n, t_ok, n_ok, *flags)
+        raw, bias, u, zz, g, pre, A, h0, carry = raw_n, bias_n, u_n, z_n, g_n, pre_n, A_n, h0_n, carry_n
+        raw_n, bias_n, u_n, z_n, g_n, pre_n, A_n, h0_n, carry_n = _channel_inputs(*rows, blk, i + 1, b, c, n_ch, L, N,
+                                                                                  n_chunks, t, n, t_ok, n_ok, *flags)
         d, d_ok, mask, row = _channel(blk, i, b, n_ch, L, t_ok, BLOCK)
         dt = _delta(raw, bias, mask, HAS_BIAS, SOFTPLUS)
         A2 = A * LOG2E
@@ -245,20 +262,20 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             # Forward states of this chunk, recomputed from its incoming state.
             a = tl.exp2(dt[None, :] * A2[:, None])
             drive = (dt * u)[None, :] * B_tile
-            a_cum, h = tl.associative_scan((a, drive), 1, _combine)
-            h = h + a_cum * h0[:, None]
+            h = tl.associative_scan((a, _with_incoming(drive, a, h0, T)), 1, _combine)[1]
             # Adjoint: lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1], and at the chunk's last sample
             # (where a[t+1] is 1: delta is masked to 0 past the chunk end) plus the adjoint carried in
             # from later chunks. That is a forward scan over the chunk backwards in time: its decays
-            # read backwards from memory, C gy flipped in, lambda flipped out. At the outer stage
-            # Triton's reverse scan cost 1.1 ms more than a forward one, a tl.flip about 0.2 ms
-            # (BENCHMARKS.md).
+            # and C read backwards from memory, gy flipped in (a row: cheap), lambda flipped out
+            # (a tile). At the outer stage Triton's reverse scan cost 1.1 ms more than a forward
+            # one, a tile's tl.flip about 0.2 ms (BENCHMARKS.md).
             next_ok = (t_back + 1 < chunk_end) & d_ok  # delta one sample later, read backwards (in cache)
             raw_next_back = tl.load(delta_ptr + row + t_back + 1, mask=next_ok, other=0.0).to(tl.float32)
             dt_next_back = _delta(raw_next_back, bias, next_ok, HAS_BIAS, SOFTPLUS)
-            lam_in = C_tile * gy[None, :] + carry[:, None] * (t == c * T + T - 1).to(tl.float32)[None, :]
+            last = (tl.arange(0, T) == 0)[None, :]  # the chunk's last sample, first backwards
+            lam_in_back = C_tile * tl.flip(gy, 0)[None, :] + tl.where(last, carry[:, None], 0.0)
             a_next_back = tl.exp2(dt_next_back[None, :] * A2[:, None])
-            _, lam_back = tl.associative_scan((a_next_back, tl.flip(lam_in, 1)), 1, _combine)
+            lam_back = tl.associative_scan((a_next_back, lam_in_back), 1, _combine)[1]
             lam = tl.where(tile_ok & d_ok, tl.flip(lam_back, 1), 0.0)
             g_decay = lam * (h - drive)  # d loss / d (dt * A) = lambda[t] a[t] h[t-1]
             gdt = tl.sum(lam * B_tile, axis=0) * u + tl.sum(g_decay * A[:, None], axis=0)
@@ -266,9 +283,8 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             D = tl.load(D_ptr + d, mask=d_ok & (group == 0), other=0.0).to(tl.float32) if HAS_D else 0.0
             gu += gy * D
             if HAS_Z:
-                y = tl.sum(C_tile * h, axis=0) + D * u
-                gz = g * y * sig * (1.0 + zz * (1.0 - sig))
-                tl.store(gz_ptr + partial + row + t, gz.to(gz_ptr.dtype.element_ty), mask=mask)
+                gz = g * pre * sig * (1.0 + zz * (1.0 - sig))
+                tl.store(gz_ptr + row + t, gz.to(gz_ptr.dtype.element_ty), mask=mask & (group == 0))
             if SOFTPLUS:
                 gdt = gdt * tl.sigmoid(raw + bias if HAS_BIAS else raw)
             gdt = tl.where(mask, gdt, 0.0)
@@ -320,7 +336,9 @@ def _tiles(m, backward: bool):
                 STAGES=LOOP_STAGES, UNROLL=LOOP_UNROLL, num_warps=NUM_WARPS)
 
 
-def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
+def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_pre):
+    """y, the final state, each chunk's incoming state and delta sum, and with ``save_pre`` (and z)
+    y before the gate (for the backward; else an empty tensor)."""
     (u, delta, A, B, C, D, z, bias), m = _prepare(u, delta, A, B, C, D, z, delta_bias)
     A = A.float()
     f32 = dict(device=u.device, dtype=torch.float32)
@@ -329,22 +347,27 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
     incoming = torch.empty_like(end_state)
     final = torch.empty(m["batch"], m["n_ch"], m["N"], **f32)
     y = torch.empty_like(u)
+    save_pre = save_pre and z is not None
+    pre = torch.empty_like(u) if save_pre else u.new_empty(0)
     grid = (m["n_chunks"], m["batch"], triton.cdiv(m["n_ch"], BLOCK_D))
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u)
     sizes = (m["n_ch"], m["L_UNITS"], m["N"], m["n_chunks"])
     common = dict(_tiles(m, backward=False), **flags)
-    _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, OUTPUT=False, **common)
+    _scan_chunks[grid](*args, y, y, end_state, dt_sum, incoming, *sizes, OUTPUT=False, SAVE_PRE=False, **common)
     init = initial_state.float().contiguous() if initial_state is not None else final
     _pass_chunks[(m["batch"], m["n_ch"])](A, end_state, dt_sum, incoming, init, final, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=False,
                                           HAS_INIT=initial_state is not None, K=PASS_CHUNKS)
-    _scan_chunks[grid](*args, y, end_state, dt_sum, incoming, *sizes, OUTPUT=True, **common)
-    return y, final, incoming, dt_sum
+    _scan_chunks[grid](*args, y, pre if save_pre else y, end_state, dt_sum, incoming, *sizes, OUTPUT=True,
+                       SAVE_PRE=save_pre, **common)
+    return y, final, incoming, dt_sum, pre
 
 
-def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_sum):
+def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_sum, pre):
     (u, delta, A, B, C, D, z, bias), m = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    if z is not None and pre.shape != u.shape:
+        raise ValueError("the scan's backward with z needs the output before the gate, saved by the forward")
     A, gy = A.float(), gy.contiguous()
     f32 = dict(device=u.device, dtype=torch.float32)
     first = torch.empty_like(incoming)
@@ -352,12 +375,12 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     g_init = torch.empty(m["batch"], m["n_ch"], m["N"], **f32)
     tiles = _tiles(m, backward=True)
     groups, blocks = tiles["GROUPS"], triton.cdiv(m["n_ch"], BLOCK_D)
-    # Partial sums, added up below (no atomics); every element is written. With one group, gu,
-    # gdelta and gz are written in the inputs' dtypes; with several, as fp32 partials.
+    # Partial sums, added up below (no atomics); every element is written. With one group, gu and
+    # gdelta are written in the inputs' dtypes; with several, as fp32 partials. gz is written once.
     def per_group(x):
         return torch.empty_like(x) if groups == 1 else torch.empty(groups, *x.shape, **f32)
     gu, gdelta = per_group(u), per_group(delta)
-    gz = per_group(z) if z is not None else None
+    gz = torch.empty_like(z) if z is not None else None
     gA = torch.empty(m["batch"], m["n_chunks"], *A.shape, **f32)
     gD = torch.empty(m["batch"], m["n_chunks"], m["n_ch"], **f32)
     gbias = torch.empty(groups, m["batch"], m["n_chunks"], m["n_ch"], **f32)
@@ -366,7 +389,7 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     grid = (m["n_chunks"], m["batch"], blocks * groups)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u,
-            gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu, gA, gB, gC, gD, gbias)
+            gy, pre if z is not None else gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu, gA, gB, gC, gD, gbias)
     sizes = (m["n_ch"], m["L_UNITS"], m["N"], m["n_chunks"])
     common = dict(tiles, **flags)
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
@@ -375,7 +398,6 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=True, **common)
     if groups > 1:
         gu, gdelta = gu.sum(0).to(u.dtype), gdelta.sum(0).to(delta.dtype)
-        gz = gz.sum(0).to(z.dtype) if z is not None else None
     return (gu, gdelta, gA.sum((0, 1)), gB.sum(0), gC.sum(0), gD.sum((0, 1)) if D is not None else None, gz,
             gbias.sum((0, 1, 2)) if bias is not None else None, g_init)
 
@@ -389,34 +411,39 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
 @torch.library.custom_op("audiomamba::selective_scan", mutates_args=())
 def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
           D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], softplus: bool,
-          initial_state: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, final state, each chunk's incoming state, each chunk's delta sum); see ``_forward``."""
-    return _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state)
+          initial_state: Optional[torch.Tensor], save_pre: bool
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, final state, each chunk's incoming state, each chunk's delta sum, y before the gate or
+    an empty tensor); see ``_forward``."""
+    return _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_pre)
 
 
 @_scan.register_fake
-def _scan_shapes(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
+def _scan_shapes(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_pre):
     batch, n_ch, L = u.shape
     N = A.shape[1]
     n_chunks = triton.cdiv(L, _chunk_len(N))
     f32 = dict(device=u.device, dtype=torch.float32)
+    pre_shape = u.shape if save_pre and z is not None else (0,)
     return (torch.empty(u.shape, dtype=u.dtype, device=u.device), torch.empty(batch, n_ch, N, **f32),
-            torch.empty(batch, n_ch, N, n_chunks, **f32), torch.empty(batch, n_ch, n_chunks, **f32))
+            torch.empty(batch, n_ch, N, n_chunks, **f32), torch.empty(batch, n_ch, n_chunks, **f32),
+            torch.empty(pre_shape, dtype=u.dtype, device=u.device))
 
 
 @torch.library.custom_op("audiomamba::selective_scan_backward", mutates_args=())
 def _scan_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                    delta_bias: Optional[torch.Tensor], softplus: bool, incoming: torch.Tensor,
-                   dt_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                  torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                   dt_sum: torch.Tensor, pre: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                              torch.Tensor, torch.Tensor, torch.Tensor]:
     """(gu, gdelta, gA, gB, gC, gD, gz, gbias, g_initial_state); see ``_backward``."""
-    grads = _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_sum)
+    grads = _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_sum, pre)
     return tuple(g if g is not None else u.new_empty(0) for g in grads)
 
 
 @_scan_backward.register_fake
-def _scan_backward_shapes(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_sum):
+def _scan_backward_shapes(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_sum, pre):
     def like(x, dtype=torch.float32):
         return torch.empty(x.shape, dtype=dtype, device=u.device) if x is not None else u.new_empty(0)
     return (like(u, u.dtype), like(delta, delta.dtype), like(A), like(B), like(C), like(D),
@@ -424,20 +451,20 @@ def _scan_backward_shapes(gy, u, delta, A, B, C, D, z, delta_bias, softplus, inc
 
 
 def _scan_setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, softplus, initial_state = inputs
-    _, final, incoming, dt_sum = output
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, incoming, dt_sum, initial_state)
+    u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, _ = inputs
+    _, final, incoming, dt_sum, pre = output
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, incoming, dt_sum, pre, initial_state)
     ctx.softplus = softplus
-    ctx.mark_non_differentiable(final, incoming, dt_sum)
+    ctx.mark_non_differentiable(final, incoming, dt_sum, pre)
 
 
-def _scan_gradients(ctx, gy, _g_final, _g_incoming, _g_dt_sum):
-    u, delta, A, B, C, D, z, bias, incoming, dt_sum, initial_state = ctx.saved_tensors
+def _scan_gradients(ctx, gy, _g_final, _g_incoming, _g_dt_sum, _g_pre):
+    u, delta, A, B, C, D, z, bias, incoming, dt_sum, pre, initial_state = ctx.saved_tensors
     gu, gdelta, gA, gB, gC, gD, gz, gbias, g_init = _scan_backward(gy, u, delta, A, B, C, D, z, bias, ctx.softplus,
-                                                                   incoming, dt_sum)
+                                                                   incoming, dt_sum, pre)
     return (gu, gdelta, gA.to(A.dtype), gB.to(B.dtype), gC.to(C.dtype), gD.to(D.dtype) if D is not None else None,
             gz if z is not None else None, gbias.to(bias.dtype) if bias is not None else None, None,
-            g_init.to(initial_state.dtype) if initial_state is not None else None)
+            g_init.to(initial_state.dtype) if initial_state is not None else None, None)
 
 
 _scan.register_autograd(_scan_gradients, setup_context=_scan_setup_context)
@@ -445,8 +472,12 @@ _scan.register_autograd(_scan_gradients, setup_context=_scan_setup_context)
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, initial_state=None):
-    """Triton selective scan; arguments and results as ``selective_scan_ref``."""
-    y, final, _, _ = _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    """Triton selective scan; arguments and results as ``selective_scan_ref``. When autograd will
+    need a backward, the forward also keeps y before the gate (one more (batch, d, L) tensor in u's
+    dtype, as mamba_ssm keeps), which spares the backward a sum over the states."""
+    inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    save_pre = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
+    y, final, _, _, _ = _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_pre)
     return (y, final) if return_last_state else y
 
 

@@ -130,7 +130,7 @@ def test_the_scan_is_a_custom_operator_that_torch_compile_keeps_in_one_graph():
     compiled function that calls the scan is one graph: no break at the kernels' launches."""
     inputs = make_inputs(2, 5, 4, 37, torch.float32, True, True, True)
     args = tuple(inputs[k].requires_grad_() for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
-    result = torch.library.opcheck(kernels._scan, (*args, True, None))
+    result = torch.library.opcheck(kernels._scan, (*args, True, None, True))
     assert all(outcome == "SUCCESS" for outcome in result.values()), result
     explained = torch._dynamo.explain(lambda *a: kernels.selective_scan(*a, delta_softplus=True).sin().sum())(*args)
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
