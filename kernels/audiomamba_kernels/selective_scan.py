@@ -276,7 +276,7 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             lam_in_back = C_tile * tl.flip(gy, 0)[None, :] + tl.where(last, carry[:, None], 0.0)
             a_next_back = tl.exp2(dt_next_back[None, :] * A2[:, None])
             lam_back = tl.associative_scan((a_next_back, lam_in_back), 1, _combine)[1]
-            lam = tl.where(tile_ok & d_ok, tl.flip(lam_back, 1), 0.0)
+            lam = tl.flip(lam_back, 1)
             g_decay = lam * (h - drive)  # d loss / d (dt * A) = lambda[t] a[t] h[t-1]
             gdt = tl.sum(lam * B_tile, axis=0) * u + tl.sum(g_decay * A[:, None], axis=0)
             gu = tl.sum(lam * B_tile, axis=0) * dt
@@ -296,7 +296,7 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             tl.store(gbias_ptr + group * tl.num_programs(1) * n_chunks * n_ch + per_channel, tl.sum(gdt, axis=0),
                      mask=d_ok)
             gB_acc += lam * (dt * u)[None, :]
-            gC_acc += tl.where(d_ok, h * gy[None, :], 0.0)
+            gC_acc += h * gy[None, :]
         else:
             # a[first] * lambda_local[first] = sum_t exp(A * cumsum(dt)[t]) * C[t] gy[t]: no scan needed.
             cum = tl.cumsum(dt, axis=0)

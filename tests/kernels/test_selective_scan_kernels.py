@@ -52,10 +52,11 @@ def make_inputs(batch, d, n, length, dtype, with_z, with_d, with_bias):
 
 
 # (batch, channels, state, length): L = 1, L not a multiple of the chunk, channels not a multiple
-# of the block, N in {16, 64}, lengths whose largest power-of-two factor is 1, 4 or 8 (the kernels
-# compile for it); on the GPU, with the default tiles, up to 141 chunks (five tiles of the pass
-# across chunks, the last one partial) and n = 64 split over two backward programs.
-SHAPES = [(2, 3, 4, 1), (2, 5, 16, 37), (1, 6, 64, 40)]
+# of the block, N in {16, 64} and a state padded to a power of two (12: the kernels rely on padded
+# states and times reading as zeros), lengths whose largest power-of-two factor is 1, 4 or 8 (the
+# kernels compile for it); on the GPU, with the default tiles, up to 141 chunks (five tiles of the
+# pass across chunks, the last one partial) and n = 64 split over two backward programs.
+SHAPES = [(2, 3, 4, 1), (2, 5, 16, 37), (1, 3, 12, 21), (1, 6, 64, 40)]
 if torch.cuda.is_available():
     SHAPES += [(1, 17, 16, 1000), (2, 40, 64, 300), (2, 128, 16, 4001), (1, 8, 16, 9000)]
 
