@@ -14,15 +14,18 @@ of T samples, and each program takes one (chunk, batch, block of channels):
    multiplies the carried state by exp(A * sum(delta_c)) and adds its end state: the same pairs
    (a, b) again, so it scans PASS_CHUNKS chunks at a time.
 3. ``_scan_chunks`` (pass "output") rescans each chunk from its true incoming state and writes y.
+   The incoming state enters as part of the first sample's input (``_with_incoming``). When a
+   backward will follow, it also writes y before the silu(z) gate, for gz.
 
 The backward pass has the same structure, run backwards in time for the adjoint
 lambda[t] = C[t] dy[t] + a[t+1] lambda[t+1]. It never stores the (batch, d, n, L) states. The
 gradient through the decay uses lambda[t] * (h[t] - b[t]), which equals lambda[t] * a[t] * h[t-1]
 with no division. A program loads its B and C tiles (n x T) once and reuses them for every
-channel of its block. It accumulates dB and dC over those channels and writes one partial sum per
-block (dA, dD and dbias: one per program); torch adds the partial sums up afterwards. With no atomics the
+channel of its block (C flipped to backwards in time, where the adjoint's scan uses it). It
+accumulates dB and dC over those channels and writes one partial sum per block (dA, dD and
+dbias: one per program); torch adds the partial sums up afterwards. With no atomics the
 gradients are deterministic. A large state is split over backward programs (``BACKWARD_TILE``):
-each takes some of the states and writes its own partial of gu, gdelta and gz, since a tile of
+each takes some of the states and writes its own partial of gu and gdelta, since a tile of
 64 states x 32 samples spills one warp's registers. State and accumulation are fp32 whatever the
 input dtype.
 
@@ -266,9 +269,11 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             # Adjoint: lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1], and at the chunk's last sample
             # (where a[t+1] is 1: delta is masked to 0 past the chunk end) plus the adjoint carried in
             # from later chunks. That is a forward scan over the chunk backwards in time: its decays
-            # and C read backwards from memory, gy flipped in (a row: cheap), lambda flipped out
-            # (a tile). At the outer stage Triton's reverse scan cost 1.1 ms more than a forward
-            # one, a tile's tl.flip about 0.2 ms (BENCHMARKS.md).
+            # read backwards from memory, C flipped once for the block (above), gy flipped in (a
+            # row: cheap), lambda flipped out (a tile: the one tile flip per channel). At the outer
+            # stage Triton's reverse scan cost 1.1 ms more than a forward one, a tile's tl.flip
+            # about 0.2 ms (BENCHMARKS.md). Padded states and times, and a block's missing
+            # channels, load as zeros, so lambda and h are zero there and need no mask.
             next_ok = (t_back + 1 < chunk_end) & d_ok  # delta one sample later, read backwards (in cache)
             raw_next_back = tl.load(delta_ptr + row + t_back + 1, mask=next_ok, other=0.0).to(tl.float32)
             dt_next_back = _delta(raw_next_back, bias, next_ok, HAS_BIAS, SOFTPLUS)
