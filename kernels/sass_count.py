@@ -29,7 +29,8 @@ from triton.compiler import ASTSource
 sys.path.insert(0, str(Path(__file__).parent))
 from audiomamba_kernels import selective_scan as ss  # noqa: E402
 
-BF16_ARGS = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "gy_ptr", "y_ptr", "pre_ptr", "gu_ptr", "gdelta_ptr", "gz_ptr"}
+BF16_ARGS = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "gy_ptr", "y_ptr", "pre_ptr", "gu_ptr", "gdelta_ptr",
+             "gz_ptr"}
 FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)  # the Mamba block's call
 PASSES = [  # (name, kernel, the constexprs that pick the pass, backward?); the forward as in training
     ("forward: chunk end states", ss._scan_chunks, dict(OUTPUT=False, SAVE_PRE=False), False),

@@ -394,7 +394,8 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     grid = (m["n_chunks"], m["batch"], blocks * groups)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u,
-            gy, pre if z is not None else gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu, gA, gB, gC, gD, gbias)
+            gy, pre if z is not None else gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu,
+            gA, gB, gC, gD, gbias)
     sizes = (m["n_ch"], m["L_UNITS"], m["N"], m["n_chunks"])
     common = dict(tiles, **flags)
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
