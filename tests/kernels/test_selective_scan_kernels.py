@@ -126,6 +126,29 @@ def test_strided_inputs_as_mamba_passes_them_match_the_reference():
         assert rel_err(vectors[name].grad, ref_vectors[name].grad) <= 1e-4, name
 
 
+def test_the_output_before_the_gate_is_kept_only_when_a_backward_will_follow(monkeypatch):
+    """The forward writes y before silu(z) for the backward's gz: one more (batch, d, L) tensor,
+    so not under no_grad, not when no input requires grad, and not without z."""
+    asked = []
+    forward = kernels._forward
+
+    def spy(*args):
+        asked.append(args[-1])
+        result = forward(*args)
+        assert result[-1].numel() == (result[0].numel() if args[-1] and args[6] is not None else 0)
+        return result
+
+    monkeypatch.setattr(kernels, "_forward", spy)
+    inputs = make_inputs(1, 3, 4, 5, torch.float32, True, True, True)
+    kernels.selective_scan(**inputs, delta_softplus=True)
+    leaves = {**inputs, "u": inputs["u"].clone().requires_grad_()}
+    with torch.no_grad():
+        kernels.selective_scan(**leaves, delta_softplus=True)
+    kernels.selective_scan(**{**leaves, "z": None}, delta_softplus=True)
+    kernels.selective_scan(**leaves, delta_softplus=True).sum().backward()
+    assert asked == [False, False, True, True]
+
+
 def test_the_scan_is_a_custom_operator_that_torch_compile_keeps_in_one_graph():
     """Registered forward, backward, fake shapes and gradient agree (torch.library.opcheck), and a
     compiled function that calls the scan is one graph: no break at the kernels' launches."""
