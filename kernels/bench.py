@@ -3,8 +3,9 @@ CUDA kernel when it is importable), forward and forward+backward, bf16 inputs.
 
     PYTHONPATH=.:kernels python kernels/bench.py [--reference]
 
-Median times from triton.testing.do_bench; effective bandwidth = the minimum bytes (inputs read
-once, output written once, in bf16) over the time, next to a measured device-to-device copy.
+Median times from triton.testing.do_bench, gradients cleared between runs; effective bandwidth =
+the minimum bytes (inputs read once, output written once, in bf16) over the time, next to a
+measured device-to-device copy.
 """
 from __future__ import annotations
 
@@ -42,7 +43,10 @@ def time_ms(fn, x, backward: bool) -> float:
         y = fn(**x, delta_softplus=True)
         if backward:
             y.backward(torch.ones_like(y))
-    return triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
+    # Leaves' gradients are cleared between runs, as training's zero_grad(set_to_none=True) does:
+    # accumulating into them would add 8 elementwise kernels that are not the scan's.
+    leaves = [v for v in x.values() if v.requires_grad]
+    return triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median", grad_to_none=leaves or None)
 
 
 def copy_bandwidth() -> float:

@@ -160,6 +160,23 @@ def test_the_scan_is_a_custom_operator_that_torch_compile_keeps_in_one_graph():
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
 
 
+def test_the_custom_operator_and_the_eager_function_give_the_same_gradients():
+    """Eager code runs the scan as a plain autograd Function and torch.compile the custom operator:
+    the same kernels, so the same results to the bit, initial state and D included."""
+    inputs = make_inputs(2, 5, 16, 37, torch.float32, True, True, True)
+    init = torch.randn(2, 5, 16, device=DEVICE)
+    args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")] + [True, init, True]
+    grads = []
+    for run in (kernels._scan, kernels._EagerScan.apply):
+        leaves = [a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+        y, final, *_ = run(*leaves)
+        (y * torch.linspace(-1, 1, y.shape[-1], device=DEVICE)).sum().backward()
+        grads.append([y, final] + [a.grad for a in leaves if isinstance(a, torch.Tensor)])
+    assert all(g is not None for g in grads[1])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("n", [16, 64])
 def test_bf16_inputs_match_the_reference_within_1e_2(n):
     inputs = make_inputs(2, 6, n, 45, torch.bfloat16, True, True, True)
