@@ -8,7 +8,7 @@ pre-activations instead of storing them and writes the gradient g at each one (i
 its rounding added to gx's); a second kernel gathers the gradient at x[t] from g[t + m], m < W (one kernel that recomputed all W
 pre-activations of every sample took 1.6x as long at the outer stage). Weight and bias gradients
 are summed per program, then by torch (no atomics: deterministic). Both are custom operators, so
-torch.compile keeps them in its graph. PyTorch's depthwise conv took 23 of a compiled sc09_mamba
+torch.compile keeps them in its graph; eager code calls them as a plain autograd Function. PyTorch's depthwise conv took 23 of a compiled sc09_mamba
 training step's 151 GPU milliseconds; these kernels are 3.6x faster forward+backward at the outer
 stage (``kernels/bench_conv.py``, BENCHMARKS.md).
 
@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from audiomamba_kernels.eager_function import for_caller, plain_function
 from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
 
 BM = 16  # batch rows per program (tl.dot needs at least 16)
@@ -89,8 +90,7 @@ def _conv_input_grad(g_ptr, w_ptr, gx_ptr, E, L, WIDTH: tl.constexpr, BLOCK: tl.
     tl.store(gx_ptr + row * L + t, gx.to(gx_ptr.dtype.element_ty), mask=t < L)
 
 
-@torch.library.custom_op("audiomamba::causal_conv_silu", mutates_args=())
-def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def _forward(x, weight, bias):
     batch, E, L = x.shape
     x, weight = x.contiguous(), weight.contiguous()
     y = torch.empty_like(x)
@@ -99,14 +99,8 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Te
     return y
 
 
-@_conv.register_fake
-def _conv_shape(x, weight, bias):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-
-
-@torch.library.custom_op("audiomamba::causal_conv_silu_backward", mutates_args=())
-def _conv_backward(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                   bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward(gy, x, weight, bias):
+    """(gx, gweight, gbias)."""
     batch, E, L = x.shape
     width = weight.shape[1]
     x, weight, gy = x.contiguous(), weight.contiguous(), gy.contiguous()
@@ -120,6 +114,25 @@ def _conv_backward(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     return gx, gw.sum((0, 2)).to(weight.dtype), gb.sum((0, 2)).to(bias.dtype)
 
 
+# The conv as custom operators for torch.compile, and as a plain Function for eager code (see
+# eager_function.py).
+
+@torch.library.custom_op("audiomamba::causal_conv_silu", mutates_args=())
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return _forward(x, weight, bias)
+
+
+@_conv.register_fake
+def _conv_shape(x, weight, bias):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("audiomamba::causal_conv_silu_backward", mutates_args=())
+def _conv_backward(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(gy, x, weight, bias)
+
+
 @_conv_backward.register_fake
 def _conv_backward_shapes(gy, x, weight, bias):
     return (torch.empty(x.shape, dtype=x.dtype, device=x.device),
@@ -130,16 +143,14 @@ def _conv_setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def _conv_gradients(ctx, gy):
-    return _conv_backward(gy, *ctx.saved_tensors)
-
-
-_conv.register_autograd(_conv_gradients, setup_context=_conv_setup_context)
+_conv.register_autograd(lambda ctx, gy: _conv_backward(gy, *ctx.saved_tensors), setup_context=_conv_setup_context)
+_eager_conv = plain_function("EagerConv", _forward, _conv_setup_context,
+                             lambda ctx, gy: _backward(gy, *ctx.saved_tensors))
 
 
 def causal_conv_silu(x, weight, bias):
     """silu(causal depthwise conv); arguments and result as ``causal_conv_silu_ref``."""
-    return _conv(x, weight, bias)
+    return for_caller(_conv, _eager_conv)(x, weight, bias)
 
 
 @triton.jit

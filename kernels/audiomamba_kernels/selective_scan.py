@@ -44,6 +44,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from audiomamba_kernels.eager_function import for_caller, plain_function
 from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
 
 BLOCK_D = 16  # channels per program (their B, C tiles are loaded once)
@@ -412,8 +413,8 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
 # the forward's gradient: torch.compile keeps them in its graph as single calls. (Before, the scan
 # ran under torch.compiler.disable, which cut a compiled sc09_mamba training step into 166 graphs,
 # each with its own Python overhead.) Custom operators return no None, so gradients of absent
-# inputs come back as empty tensors. Eager code skips the dispatcher: ``_EagerScan`` below runs the
-# same functions as a plain autograd Function.
+# inputs come back as empty tensors. Eager code runs the same functions as a plain autograd Function
+# (``_eager_scan``, see eager_function.py).
 
 @torch.library.custom_op("audiomamba::selective_scan", mutates_args=())
 def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -482,31 +483,18 @@ def _gradients(run_backward, ctx, gy):
 _scan.register_autograd(lambda ctx, gy, *_: _gradients(_scan_backward, ctx, gy), setup_context=_scan_setup_context)
 
 
-class _EagerScan(torch.autograd.Function):
-    """The custom operator ``_scan`` with its gradient, as a plain autograd Function: the same
-    kernels, without the dispatcher's Python layers. Those took 0.16 ms of host time per forward +
-    backward (H200 machine), while a center-stage scan's kernels take 0.8 ms of GPU time."""
-
-    @staticmethod
-    def forward(ctx, *inputs):  # not a separate setup_context: apply would bind the arguments by inspect (50 us)
-        output = _forward(*inputs)
-        _scan_setup_context(ctx, inputs, output)
-        return output
-
-    @staticmethod
-    def backward(ctx, gy, *_):
-        return _gradients(_backward, ctx, gy)
+_eager_scan = plain_function("EagerScan", _forward, _scan_setup_context,
+                             lambda ctx, gy, *_: _gradients(_backward, ctx, gy))
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, initial_state=None):
     """Triton selective scan; arguments and results as ``selective_scan_ref``. When autograd will
     need a backward, the forward also keeps y before the gate (one more (batch, d, L) tensor in u's
-    dtype, as mamba_ssm keeps), which spares the backward a sum over the states. Eager code runs
-    ``_EagerScan``; code that torch.compile traces, the custom operator."""
+    dtype, as mamba_ssm keeps), which spares the backward a sum over the states."""
     inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     save_pre = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
-    scan = _scan if torch.compiler.is_compiling() else _EagerScan.apply
+    scan = for_caller(_scan, _eager_scan)
     y, final, _, _, _ = scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_pre)
     return (y, final) if return_last_state else y
 
