@@ -9,9 +9,9 @@ its rounding added to gx's); a second kernel gathers the gradient at x[t] from g
 (one kernel that recomputed all W pre-activations of every sample took 1.6x as long at the outer
 stage). Weight and bias gradients are summed per program, then by torch (no atomics:
 deterministic). Both are custom operators, so torch.compile keeps them in its graph; eager code
-calls them as a plain autograd Function. PyTorch's depthwise conv took 23 of a compiled sc09_mamba training step's 151 GPU milliseconds;
-these kernels are 3.6x faster forward+backward at the outer stage (``kernels/bench_conv.py``,
-BENCHMARKS.md).
+calls them as a plain autograd Function. PyTorch's depthwise conv took 23 of a compiled
+sc09_mamba training step's 151 GPU milliseconds; these kernels are 3.6x faster forward+backward at
+the outer stage (``kernels/bench_conv.py``, BENCHMARKS.md).
 
 **The generation step**: the optional pre-norm (LayerNorm), in_proj, the causal depthwise conv
 step and silu.
