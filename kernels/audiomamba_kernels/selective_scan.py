@@ -465,7 +465,7 @@ def _scan_setup_context(ctx, inputs, output):
     ctx.softplus = softplus
     ctx.mark_non_differentiable(final, incoming, dt_sum, pre)
     # Only y is differentiable, so the backward runs only with y's gradient. Without this, autograd
-    # would fill zero gradients for the four other outputs first (24 MB at the center stage).
+    # would fill zero gradients for the four other outputs first (25 MB at the center stage).
     ctx.set_materialize_grads(False)
 
 
