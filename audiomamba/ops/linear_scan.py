@@ -26,20 +26,22 @@ def _scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch.Te
     if pad:  # a = 1, b = 0 past the end leaves the state unchanged
         a = torch.nn.functional.pad(a, (0, pad), value=1.0)
         b = torch.nn.functional.pad(b, (0, pad))
-    # (chunk, ..., n_chunks): the step loop below then reads and writes contiguous slices.
-    a = a.unflatten(-1, (n_chunks, chunk)).movedim(-1, 0).contiguous()
-    h = b.unflatten(-1, (n_chunks, chunk)).movedim(-1, 0).clone(memory_format=torch.contiguous_format)  # never b itself
+    # (..., n_chunks, chunk) views: each step below reads and writes a strided slice, every chunk at
+    # once. (Moving the step axis first to make those slices contiguous cost a copy of a, and one of
+    # h back: 2x slower on the 2-core CPU machine, BENCHMARKS.md, session 16.)
+    a = a.unflatten(-1, (n_chunks, chunk))
+    h = b.unflatten(-1, (n_chunks, chunk)).clone()  # never b itself
     for t in range(1, chunk):  # every chunk's scan from a zero state, in place
-        h[t].addcmul_(a[t], h[t - 1])
-    decay = torch.cumprod(a, dim=0)  # product of a within the chunk, up to and including t
-    carry = torch.zeros_like(h[0, ..., 0]) if h0 is None else h0.to(h.dtype)
-    chunk_end, chunk_decay = h[-1].movedim(-1, 0).contiguous(), decay[-1].movedim(-1, 0).contiguous()
-    incoming = torch.empty_like(chunk_end)  # (n_chunks, ...): the state entering each chunk
+        h[..., t].addcmul_(a[..., t], h[..., t - 1])
+    decay = torch.cumprod(a, dim=-1)  # product of a within the chunk, up to and including t
+    carry = torch.zeros_like(h[..., 0, 0]) if h0 is None else h0.to(h.dtype)
+    chunk_end, chunk_decay = h[..., -1], decay[..., -1]  # (..., n_chunks)
+    incoming = torch.empty_like(chunk_end)  # the state entering each chunk
     for c in range(n_chunks):
-        incoming[c] = carry
-        carry = chunk_decay[c] * carry + chunk_end[c]
-    h.addcmul_(decay, incoming.movedim(0, -1))
-    return h.movedim(0, -1).flatten(-2)[..., :length]
+        incoming[..., c] = carry
+        carry = chunk_decay[..., c] * carry + chunk_end[..., c]
+    h.addcmul_(decay, incoming[..., None])
+    return h.flatten(-2)[..., :length]
 
 
 class _LinearScan(torch.autograd.Function):
