@@ -70,14 +70,16 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=next(model.parameters()).is_cuda)
 
 
-def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+def compile_model(model: torch.nn.Module, cuda_graphs: bool = False) -> torch.nn.Module:
     """torch.compile(model), with the kernels of a training step imported first when the model is on
     CUDA: an import inside the traced code is a graph break, which cut a compiled sc09_mamba
-    training step into 110 graphs (BENCHMARKS.md)."""
+    training step into 110 graphs (BENCHMARKS.md). ``cuda_graphs`` compiles in mode
+    "reduce-overhead": each step's forward and backward kernels are replayed as CUDA graphs, which
+    takes the host's launch time out of steps that are bound by it (small recipes)."""
     if next(model.parameters()).is_cuda:
         for name in ("selective_scan", "causal_conv"):
             triton_kernels.load(name)
-    return torch.compile(model)
+    return torch.compile(model, mode="reduce-overhead" if cuda_graphs else None)
 
 
 class _Logger:
@@ -148,6 +150,8 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True) -> Path:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if cfg.cuda_graphs and not cfg.compile:
+        raise ValueError("train.cuda_graphs needs train.compile=true")
     if cfg.batch_size % world:
         raise ValueError(f"train.batch_size {cfg.batch_size} must divide evenly over {world} processes")
     local_batch = cfg.batch_size // world
@@ -187,7 +191,10 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True) -> Path:
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if distributed else model
     if cfg.compile:  # training steps only: checkpoints, EMA and validation keep the plain model
-        net = compile_model(net)
+        if cfg.cuda_graphs and distributed and is_main:
+            print("train.cuda_graphs is for one process (not measured under DDP): compiling without CUDA graphs",
+                  file=sys.stderr)
+        net = compile_model(net, cuda_graphs=cfg.cuda_graphs and device.type == "cuda" and not distributed)
     use_bf16 = cfg.bf16 and device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
     logger = _Logger(run_dir) if is_main else None

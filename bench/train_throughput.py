@@ -23,7 +23,7 @@ from audiomamba.train import compile_model, make_optimizer
 def measure(recipe_path: str, overrides: list[str], device: torch.device, steps: int, warmup: int) -> dict:
     recipe = load_recipe(recipe_path, overrides)
     model = WaveformLM(recipe.model).to(device)
-    forward = compile_model(model) if recipe.train.compile else model  # as train() does
+    forward = compile_model(model, recipe.train.cuda_graphs) if recipe.train.compile else model  # as train() does
     optimizer = make_optimizer(model, recipe.train)  # as train() makes it
     batch, length = recipe.train.batch_size, recipe.data.clip_samples
     tokens = torch.randint(0, 256, (batch, length), device=device)

@@ -1,5 +1,6 @@
 """GPU-only checks (skipped without CUDA; run on the device machine): the same model gives the
-same results on CUDA, and CUDA-graph sampling reproduces eager sampling exactly."""
+same results on CUDA, and CUDA-graph sampling reproduces eager sampling exactly; CUDA-graph
+training steps follow eager ones."""
 import pytest
 import torch
 
@@ -84,3 +85,53 @@ def test_a_compiled_model_is_one_graph_with_its_scans_inside():
     tokens, labels = torch.randint(0, 256, (2, 64), device="cuda"), torch.tensor([0, 1], device="cuda")
     explained = torch._dynamo.explain(m)(tokens, labels)
     assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def _training_steps(net, optimizer, tokens, labels, seeds):
+    """One AdamW step per seed (each step seeded as train() seeds it); returns each step's loss."""
+    losses = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        logits = net(tokens, labels)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach().clone())
+    return torch.stack(losses)
+
+
+def test_cuda_graph_training_steps_follow_eager_steps():
+    """train.cuda_graphs replays each compiled step's forward and backward as CUDA graphs; every
+    replay must read the weights the optimizer has just updated in place."""
+    from audiomamba.train import compile_model
+
+    torch._dynamo.reset()
+    tokens, labels = torch.randint(0, 256, (2, 64), device="cuda"), torch.tensor([0, 1], device="cuda")
+    runs = []
+    for graphs in (False, True):
+        m = model(blocks=ALL_MAMBA).train()
+        net = compile_model(m, cuda_graphs=True) if graphs else m
+        optimizer = torch.optim.AdamW(m.parameters(), lr=1e-3)
+        losses = _training_steps(net, optimizer, tokens, labels, seeds=range(6))
+        runs.append((losses, torch.cat([p.detach().flatten() for p in m.parameters()])))
+    (eager_losses, eager_weights), (graph_losses, graph_weights) = runs
+    assert graph_losses[0] > graph_losses[-1]  # it learned: the replays saw the updates
+    torch.testing.assert_close(graph_losses, eager_losses, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(graph_weights, eager_weights, rtol=1e-3, atol=1e-4)
+
+
+def test_cuda_graph_steps_draw_dropout_from_each_steps_seed():
+    """Under CUDA graphs dropout must still follow the generator that train() seeds every step:
+    the same seed gives the same masks, another seed other masks (the weights stay fixed here)."""
+    from audiomamba.train import compile_model
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = WaveformLM(ModelConfig(d_model=16, pool=[4, 4], mamba_state=8, dropout=0.5, **ALL_MAMBA)).cuda().train()
+    net = compile_model(m, cuda_graphs=True)
+    tokens = torch.randint(0, 256, (2, 64), device="cuda")
+    seeds = (1, 2, 1, 2, 1, 2)  # the first steps warm up and record; the rest are replays
+    losses = _training_steps(net, torch.optim.SGD(m.parameters(), lr=0.0), tokens, None, seeds)
+    assert losses[4] == losses[2] and losses[5] == losses[3]
+    assert losses[4] != losses[5]

@@ -42,6 +42,11 @@ def test_compiled_training_follows_the_eager_run(tiny_recipe, tmp_path):
         torch.testing.assert_close(compiled[name], eager[name], rtol=1e-3, atol=1e-4)
 
 
+def test_cuda_graphs_without_compile_is_refused(tiny_recipe):
+    with pytest.raises(ValueError, match="train.cuda_graphs needs train.compile=true"):
+        train(load_recipe(tiny_recipe, ["train.cuda_graphs=true"]), progress=False)
+
+
 def test_batches_are_a_function_of_seed_and_step_and_cover_each_epoch():
     first = torch.cat([global_batch_indices(10, 3, s, seed=1) for s in range(3)])
     assert len(set(first.tolist())) == 9  # one epoch: no repeats, the tail dropped

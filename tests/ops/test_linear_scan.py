@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from audiomamba.ops.linear_scan import linear_scan
+from audiomamba.ops.linear_scan import _scan, linear_scan
 
 
 def sequential(a, b, h0=None):
@@ -20,6 +20,16 @@ def test_chunked_scan_equals_the_sequential_recurrence(length):
     h0 = torch.randn(2, 3, dtype=torch.float64)
     torch.testing.assert_close(linear_scan(a, b), sequential(a, b), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(linear_scan(a, b, h0), sequential(a, b, h0), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("length", [1, 7, 100, 257])
+def test_step_major_memory_gives_bitwise_the_same_scan(length):
+    """CUDA runs the scan on step-major copies of its operands, the CPU on their own layout."""
+    a = torch.rand(2, 3, length)
+    b = torch.randn(2, 3, length)
+    h0 = torch.randn(2, 3)
+    for start in (None, h0):
+        assert torch.equal(_scan(a, b, start, steps_contiguous=True), _scan(a, b, start, steps_contiguous=False))
 
 
 def test_strong_decay_over_long_sequences_stays_finite():
