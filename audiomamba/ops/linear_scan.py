@@ -74,7 +74,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
 
     a, b: (..., L), same shape and dtype; h0: (...) or None (zeros). Returns h: (..., L).
     Differentiable in a, b and h0. On CUDA the chunked scan copies its operands step-major, so that
-    every step reads and writes contiguous slices: 1.7-3.4x faster on an H200. On the CPU it steps
+    every step reads and writes contiguous slices: 1.6-3.4x faster on an H200. On the CPU it steps
     over strided slices of the operands as they come, 2x faster there than with the copies
     (BENCHMARKS.md, sessions 16 and 17).
     """
