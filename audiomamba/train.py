@@ -5,6 +5,10 @@ takes a global batch whose order is a pure function of (seed, step), so a resume
 same batches it would have seen without the interruption, and the global batch is the same for
 any number of processes (each rank takes its slice). Random draws (dropout, label dropout) are
 seeded from (seed, step, rank) at every step, so resuming needs no stored RNG state.
+
+Between log points the host never waits for the GPU: batches go to it from pinned memory, and the
+losses of the steps since the last check are checked for NaN and Inf together, at each log point,
+validation and checkpoint (naming the first bad step; nothing after it is saved).
 """
 from __future__ import annotations
 
@@ -33,6 +37,14 @@ LN2 = math.log(2.0)
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; nothing was saved from that step."""
+
+
+def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on ``device`` without waiting: a copy from pageable memory, or one that is not
+    non_blocking, makes the host wait for the GPU's queued work."""
+    if device.type == "cuda":
+        batch = batch.pin_memory()
+    return batch.to(device, non_blocking=True)
 
 
 def pick_device(name: str) -> torch.device:
@@ -210,24 +222,37 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True) -> Path:
         return save_checkpoint(run_dir, model=model, recipe=recipe, step=at_step, optimizer=optimizer,
                                scheduler=scheduler, ema=ema, extra={"label_names": train_set.label_names})
 
+    unchecked = []  # the losses of the steps since the last check, on the device
+
+    def check_losses() -> None:
+        """Raise TrainingDiverged naming the first unchecked step whose loss is NaN or Inf."""
+        if not unchecked:
+            return
+        losses = torch.stack(unchecked)
+        bad = (~torch.isfinite(losses)).nonzero()  # the one wait for the GPU
+        if len(bad):
+            first = int(bad[0])
+            raise TrainingDiverged(f"loss became {losses[first].item()} at step {step - len(unchecked) + first}; "
+                                   f"the last good checkpoint is {run_dir / 'latest.json'} (lower train.lr or set "
+                                   "train.grad_clip)")
+        unchecked.clear()
+
     started, last_ckpt, window_start, window_samples = time.time(), None, time.time(), 0
     model.train()
     while step < cfg.max_steps:
         torch.manual_seed(cfg.seed + 7919 * (step + 1) + 104729 * rank)  # this step's dropout, augmentation, labels
         index = global_batch_indices(len(train_set), cfg.batch_size, step, cfg.seed)
         index = index[rank * local_batch:(rank + 1) * local_batch]
-        tokens = augment_tokens(train_set.tokens[index].to(device, non_blocking=True), cfg.speed_change, cfg.gain_db)
+        tokens = augment_tokens(_to_device(train_set.tokens[index], device), cfg.speed_change, cfg.gain_db)
         labels = None
         if recipe.model.n_classes:
-            labels = train_set.labels[index].to(device)
+            labels = _to_device(train_set.labels[index], device)
             drop = torch.rand(labels.shape, device=device) < cfg.label_dropout
             labels = torch.where(drop, torch.full_like(labels, recipe.model.n_classes), labels)
         with autocast:
             logits = net(tokens, labels)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss.item()} at step {step}; the last good checkpoint is "
-                                   f"{run_dir / 'latest.json'} (lower train.lr or set train.grad_clip)")
+        unchecked.append(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
@@ -236,10 +261,11 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True) -> Path:
         if ema is not None:  # the decay ramps up from 0.1 so that early averages do not keep the initial weights
             decay = min(cfg.ema, (1 + step) / (10 + step))
             with torch.no_grad():
-                for e, p in zip(ema.parameters(), model.parameters()):
-                    e.lerp_(p, 1 - decay)
+                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
         step += 1
         window_samples += tokens.numel() * world
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            check_losses()
         if is_main and (step % cfg.log_every == 0 or step == cfg.max_steps):
             elapsed = time.time() - window_start
             bits = loss.item() / LN2
@@ -252,6 +278,7 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True) -> Path:
         if bar is not None:
             bar.update(1)
         if is_main and cfg.val_every and step % cfg.val_every == 0:
+            check_losses()
             val = evaluate_nll(ema or model, val_set, local_batch, device, autocast, cfg.val_batches)
             logger.log(step, val_bits=val)
             if bar is not None:
@@ -262,12 +289,14 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True) -> Path:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             out_of_time = bool(flag.item())
         if step % cfg.ckpt_every == 0 or step == cfg.max_steps or out_of_time:
+            check_losses()
             last_ckpt = checkpoint(step) or last_ckpt
         if out_of_time:
             if is_main:
                 print(f"stopping after {cfg.max_minutes} minutes at step {step}", file=sys.stderr)
             break
     if last_ckpt is None:
+        check_losses()
         last_ckpt = checkpoint(step)
     if bar is not None:
         bar.close()

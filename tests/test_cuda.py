@@ -135,3 +135,39 @@ def test_cuda_graph_steps_draw_dropout_from_each_steps_seed():
     losses = _training_steps(net, torch.optim.SGD(m.parameters(), lr=0.0), tokens, None, seeds)
     assert losses[4] == losses[2] and losses[5] == losses[3]
     assert losses[4] != losses[5]
+
+
+def _sync_warnings_of_training(tmp_path, steps: int) -> int:
+    """How many synchronizing CUDA operations train() makes in ``steps`` steps of a tiny model, with
+    one log point and one checkpoint, both at the end."""
+    import warnings
+
+    from audiomamba.config import DataConfig, Recipe, TrainConfig
+    from audiomamba.data.clipset import ClipSet, save_packed
+    from audiomamba.train import train
+
+    packed = tmp_path / "packed"
+    for split in ("train", "validation"):
+        clips = ClipSet(torch.randint(0, 256, (8, 256), dtype=torch.uint8), torch.arange(8) % 2, ["a", "b"] * 4,
+                        ["zero", "one"], 8000, [])
+        save_packed(clips, packed / f"{split}.safetensors")
+    recipe = Recipe(DataConfig(dataset="fsdd", packed_dir=str(packed), sample_rate=8000, clip_samples=256),
+                    ModelConfig(d_model=16, pool=[4, 4], s4d_state=8, mamba_state=8, n_classes=2, **MIXED),
+                    TrainConfig(out_dir=str(tmp_path / f"run_{steps}"), batch_size=4, max_steps=steps, ema=0.99,
+                                log_every=1000, val_every=0, ckpt_every=1000, device="cuda"))
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(recipe, progress=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def test_training_steps_between_log_points_never_wait_for_the_gpu(tmp_path):
+    """train() keeps the GPU's queue full: batches go over from pinned memory and the NaN guard
+    checks the losses at log points, so its host syncs do not grow with the steps between them."""
+    _sync_warnings_of_training(tmp_path, steps=2)  # first launches, loaded kernels, allocator
+    few, many = (_sync_warnings_of_training(tmp_path, steps) for steps in (3, 9))
+    assert 0 < few == many

@@ -108,7 +108,8 @@ def test_two_gloo_processes_train_like_one_process_on_the_same_global_batch(tiny
         torch.testing.assert_close(got[key], want[key], **tolerance)
 
 
-def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_recipe, tmp_path, monkeypatch):
+def _poison_forward_call(monkeypatch, call: int) -> None:
+    """The model's ``call``-th forward returns NaN logits (0-based training step call - 1)."""
     import audiomamba.train as train_module
 
     calls = {"n": 0}
@@ -117,14 +118,25 @@ def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_
         def forward(self, tokens, labels=None):
             calls["n"] += 1
             logits = super().forward(tokens, labels)
-            return logits * float("nan") if calls["n"] == 13 else logits
+            return logits * float("nan") if calls["n"] == call else logits
 
     monkeypatch.setattr(train_module, "WaveformLM", PoisonedLM)
-    with pytest.raises(TrainingDiverged, match="step 12"):
+
+
+def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_recipe, tmp_path, monkeypatch):
+    _poison_forward_call(monkeypatch, 13)
+    with pytest.raises(TrainingDiverged, match="step 12"):  # found at the log point of step 15
         train(load_recipe(tiny_recipe), progress=False)
     model, _, config = load_model(tmp_path / "run")
     assert config["step"] == 10
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_the_losses_are_checked_before_a_checkpoint_between_log_points(tiny_recipe, tmp_path, monkeypatch):
+    _poison_forward_call(monkeypatch, 10)
+    with pytest.raises(TrainingDiverged, match="step 9"):
+        train(load_recipe(tiny_recipe, ["train.log_every=1000"]), progress=False)
+    assert not (tmp_path / "run" / "latest.json").exists()  # the checkpoint of step 10 was never written
 
 
 def test_max_minutes_stops_cleanly_with_a_checkpoint(tiny_recipe, tmp_path):
