@@ -89,7 +89,7 @@ class TrainConfig:
     gain_db: float = 0.0  # augmentation: each clip scaled by a gain drawn in +- this many dB (0: off)
     bf16: bool = True  # autocast on CUDA; CPU always runs fp32
     compile: bool = False  # torch.compile the training forward (about a minute first; ~15% faster on sc09_mamba, H100)
-    cuda_graphs: bool = False  # with compile, on one GPU: replay each step as CUDA graphs (2.2x on fsdd_8k, H200)
+    cuda_graphs: bool = False  # with compile, on one GPU: replay each step as CUDA graphs (1.9-2.4x on fsdd_8k, H200)
     seed: int = 0
     log_every: int = 10
     val_every: int = 200
