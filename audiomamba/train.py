@@ -264,9 +264,10 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True) -> Path:
                 torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
         step += 1
         window_samples += tokens.numel() * world
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
+        log_point = step % cfg.log_every == 0 or step == cfg.max_steps
+        if log_point:
             check_losses()
-        if is_main and (step % cfg.log_every == 0 or step == cfg.max_steps):
+        if is_main and log_point:
             elapsed = time.time() - window_start
             bits = loss.item() / LN2
             rate = window_samples / max(elapsed, 1e-9)

@@ -88,7 +88,7 @@ def test_a_compiled_model_is_one_graph_with_its_scans_inside():
 
 
 def _training_steps(net, optimizer, tokens, labels, seeds):
-    """One AdamW step per seed (each step seeded as train() seeds it); returns each step's loss."""
+    """One optimizer step per seed (each step seeded as train() seeds it); returns each step's loss."""
     losses = []
     for seed in seeds:
         torch.manual_seed(seed)
