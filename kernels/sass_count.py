@@ -7,8 +7,13 @@ loop over a program's channels: one iteration scans one channel over one chunk, 
 From those it gives an issue bound for a shape: the time if every SM scheduler issued one
 instruction every cycle, with no stall. No kernel that executes these loops can be faster.
 
+``--stack WIDTH`` does the same for generation's stage kernel (``mamba_stack._mamba_stack_step``)
+at a stage width: its loop runs one Mamba block for one batch row, and the bound is that loop's
+issue time on an SM to itself.
+
     python kernels/sass_count.py                     # the outer stage, B=16 D=128 L=16000, N=16 and 64
     python kernels/sass_count.py --shape 16 512 1000 16 --sms 132 --ghz 1.98
+    python kernels/sass_count.py --stack 64 128      # sc09_mamba's Mamba stages, d_state 16
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).parent))
+from audiomamba_kernels import mamba_stack  # noqa: E402
 from audiomamba_kernels import selective_scan as ss  # noqa: E402
 
 BF16_ARGS = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "gy_ptr", "y_ptr", "pre_ptr", "gu_ptr", "gdelta_ptr",
@@ -41,17 +47,19 @@ PASSES = [  # (name, kernel, the constexprs that pick the pass, backward?); the 
 SCHEDULERS_PER_SM = 4  # warp schedulers per SM, each issuing at most one instruction a cycle
 
 
-def compile_pass(kernel, constexprs: dict, ints: dict, num_warps: int, arch: int):
-    """The kernel compiled for ``sm_<arch>``: bf16 activations, fp32 parameters and state, every
-    pointer 16-byte aligned, and each integer argument marked divisible by 16 where it is (as
-    Triton does at a launch)."""
+def compile_pass(kernel, constexprs: dict, ints: dict, num_warps: int, arch: int, bf16_args=BF16_ARGS):
+    """The kernel compiled for ``sm_<arch>``: ``bf16_args`` in bf16 (the scan's activations), the
+    other pointers fp32, every pointer 16-byte aligned, each integer argument marked divisible by 16
+    where it is (as Triton does at a launch), and ``eps`` an fp32 scalar."""
     signature, attrs = {}, {}
     for index, name in enumerate(kernel.arg_names):
         if name.endswith("_ptr"):
-            signature[name] = "*bf16" if name in BF16_ARGS else "*fp32"
+            signature[name] = "*bf16" if name in bf16_args else "*fp32"
             attrs[(index,)] = [["tt.divisibility", 16]]
         elif name in constexprs:
             signature[name] = "constexpr"
+        elif name == "eps":
+            signature[name] = "fp32"
         else:
             signature[name] = "i32"
             if ints[name] % 16 == 0:
@@ -64,9 +72,10 @@ def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def loop_profile(cubin: bytes) -> dict:
+def loop_profile(cubin: bytes, inner_iterations: int = 1) -> dict:
     """Registers and stack bytes (where registers spill) per thread of a cubin, and the opcodes of
-    its loop's body: the instructions from the target of the last backward branch to that branch."""
+    its loop's body: the instructions from the target of the last backward branch to that branch,
+    those of the loops inside it counted ``inner_iterations`` times (``inner_loops``: how many)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -74,14 +83,49 @@ def loop_profile(cubin: bytes) -> dict:
         sass = subprocess.run([_tool("cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
     code = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
     addresses = [a for a, _ in code]
-    body = []
+    loops = []  # (first, last) index of each backward branch's body
     for i, (address, text) in enumerate(code):
         target = re.search(r"BRA\s.*?0x([0-9a-f]+)", text)
         if target and int(target.group(1), 16) < address:
-            body = code[addresses.index(int(target.group(1), 16)):i + 1]
-    opcodes = Counter(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0] for _, text in body)
+            loops.append((addresses.index(int(target.group(1), 16)), i))
+    first, last = loops[-1] if loops else (0, -1)
+    inner = [(a, b) for a, b in loops if first < a and b < last]
+    opcodes = Counter()
+    for i in range(first, last + 1):
+        weight = inner_iterations if any(a <= i <= b for a, b in inner) else 1
+        opcodes[re.sub(r"^@!?U?P\w+\s+", "", code[i][1]).split()[0].split(".")[0]] += weight
     usage_match = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-    return dict(registers=int(usage_match.group(1)), stack=int(usage_match.group(2)), opcodes=opcodes)
+    return dict(registers=int(usage_match.group(1)), stack=int(usage_match.group(2)), opcodes=opcodes,
+                inner_loops=len(inner))
+
+
+def print_stack(widths: list[int], arch: int, ghz: float) -> None:
+    """The stage kernel's block loop at each stage width (expand 2, d_state 16, conv width 4), with
+    the warps it launches with for a few rows and for many, and fp32 or bf16 projections."""
+    print(f"\nGeneration's stage kernel: one loop iteration is one Mamba block for one batch row; issue time "
+          f"of one iteration on an SM to itself ({SCHEDULERS_PER_SM} schedulers x {ghz} GHz)\n")
+    print("| stage width | rows | projections | warps | registers | stack bytes | chunk loops x iterations "
+          "| instructions per block (spill loads and stores) | issue time per block and row, us |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for width in widths:
+        E, N, R = 2 * width, 16, -(-width // 16)
+        h_pad = triton.next_power_of_2(width)
+        ce = min(triton.next_power_of_2(E), max(16, mamba_stack.TILE // h_pad))
+        constexprs = dict(H_PAD=h_pad, CE=ce, N_PAD=N, R_PAD=max(2, triton.next_power_of_2(R)), WIDTH=4, W_PAD=4,
+                          PDL=False)
+        for rows in (1, 256):
+            num_warps = mamba_stack._num_warps(rows, ce * h_pad)
+            for projections in ("fp32", "bf16"):
+                bf16_args = {"in_w_ptr", "xp_ptr", "dtw_ptr", "out_w_ptr"} if projections == "bf16" else set()
+                compiled = compile_pass(mamba_stack._mamba_stack_step, constexprs,
+                                        dict(n_blocks=8, batch=rows, H=width, E=E, N=N, R=R), num_warps, arch,
+                                        bf16_args)
+                chunks = -(-E // ce)  # each block's front and back loop over its channels in chunks of CE
+                profile = loop_profile(compiled.asm["cubin"], inner_iterations=chunks)
+                ops, count = profile["opcodes"], sum(profile["opcodes"].values())
+                us = count * num_warps / SCHEDULERS_PER_SM / (ghz * 1e3)  # warps spread over the schedulers
+                print(f"| {width} | {rows} | {projections} | {num_warps} | {profile['registers']} | {profile['stack']} "
+                      f"| {profile['inner_loops']} x {chunks} | {count} ({ops['LDL'] + ops['STL']}) | {us:.2f} |")
 
 
 def main() -> None:
@@ -91,7 +135,12 @@ def main() -> None:
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: Hopper)")
     parser.add_argument("--sms", type=int, default=132, help="SMs of the GPU (H100 SXM: 132)")
     parser.add_argument("--ghz", type=float, default=1.98, help="SM clock (H100 SXM boost: 1.98)")
+    parser.add_argument("--stack", type=int, nargs="+", metavar="WIDTH",
+                        help="instead: generation's stage kernel at these stage widths")
     args = parser.parse_args()
+    if args.stack:
+        print_stack(args.stack, args.arch, args.ghz)
+        return
     issue_rate = args.sms * SCHEDULERS_PER_SM * args.ghz * 1e9  # warp instructions a second
 
     for batch, n_ch, L, N in args.shape or [(16, 128, 16000, 16), (16, 128, 16000, 64)]:

@@ -26,3 +26,23 @@ def test_each_pass_has_a_loop_and_the_bound_doubles_with_the_batch():
     small, large = (float(r[-1]) for r in rows[:4]), (float(r[-1]) for r in rows[4:])
     for a, b in zip(small, large):  # the same code, twice the (chunk, channel) iterations
         assert a > 0.05 and b == pytest.approx(2 * a, rel=0.01)
+
+
+def test_the_stage_kernel_loops_over_blocks_and_its_chunk_loops_repeat_with_the_width():
+    """--stack: one loop iteration is one Mamba block for one row; inside it the front and back
+    loops over the channels run once per chunk of CE channels (1 chunk at width 64, 2 at 128)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "kernels/sass_count.py", "--stack", "64", "128"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = re.findall(r"^\| (\d+) \| (\d+) \| (fp32|bf16) \| (\d) \| (\d+) \| (\d+) \| 2 x (\d) \| (\d+) \((\d+)\) "
+                      r"\| ([\d.]+) \|$", out.stdout, flags=re.M)
+    assert len(rows) == 8, out.stdout  # 2 widths x (1 row, 256 rows) x (fp32, bf16 projections)
+    times = {}
+    for width, n_rows, projections, _, registers, _, chunks, count, spills, us in rows:
+        assert int(chunks) == {"64": 1, "128": 2}[width] and 0 < int(registers) <= 255
+        assert int(count) > 500 and int(spills) < int(count)
+        times[width, n_rows, projections] = float(us)
+    for key, us in times.items():
+        if key[0] == "64":
+            assert times[("128",) + key[1:]] > us  # twice the channels, four times the weights
