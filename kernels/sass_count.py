@@ -110,7 +110,7 @@ def print_stack(widths: list[int], arch: int, ghz: float) -> None:
     for width in widths:
         E, N, R = 2 * width, 16, -(-width // 16)
         h_pad = triton.next_power_of_2(width)
-        ce = min(triton.next_power_of_2(E), max(16, mamba_stack.TILE // h_pad))
+        ce = mamba_stack.chunk_channels(E, h_pad)
         constexprs = dict(H_PAD=h_pad, CE=ce, N_PAD=N, R_PAD=max(2, triton.next_power_of_2(R)), WIDTH=4, W_PAD=4,
                           PDL=False)
         for rows in (1, 256):

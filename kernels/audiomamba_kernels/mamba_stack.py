@@ -49,6 +49,12 @@ def bf16_projections_pay(width: int) -> bool:
     return width <= BF16_MAX_WIDTH
 
 
+def chunk_channels(E: int, h_pad: int) -> int:
+    """CE, the inner channels a chunk of a block's front or back pass takes: (CE, H_PAD) weight
+    tiles of at most TILE elements, and no more than E (rounded up to a power of two)."""
+    return min(triton.next_power_of_2(E), max(16, TILE // h_pad))
+
+
 def _num_warps(batch: int, tile: int) -> int:
     return 8 if batch <= FEW_ROWS and tile > 8192 else 4
 
@@ -176,7 +182,7 @@ def mamba_stack_step(u, weights, conv_state, ssm_state):
     u = u.contiguous()
     out = torch.empty_like(u)
     h_pad = triton.next_power_of_2(H)
-    ce = min(triton.next_power_of_2(E), max(16, TILE // h_pad))
+    ce = chunk_channels(E, h_pad)
     scratch = torch.empty(batch, 2, E, device=u.device, dtype=torch.float32)
     pdl = launch_options(u)
     _mamba_stack_step[(batch,)](
