@@ -6,9 +6,10 @@ same batches it would have seen without the interruption, and the global batch i
 any number of processes (each rank takes its slice). Random draws (dropout, label dropout) are
 seeded from (seed, step, rank) at every step, so resuming needs no stored RNG state.
 
-Between log points the host never waits for the GPU: batches go to it from pinned memory, and the
+Between log points the host does not wait for the GPU: batches go to it from pinned memory, and the
 losses of the steps since the last check are checked for NaN and Inf together, at each log point,
-validation and checkpoint (naming the first bad step; nothing after it is saved).
+validation and checkpoint (naming the first bad step; nothing after it is saved). The exception is
+DDP with ``train.max_minutes``, where the ranks agree at every step on whether to stop.
 """
 from __future__ import annotations
 
