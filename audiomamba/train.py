@@ -125,6 +125,9 @@ def _check_labels(recipe: Recipe, clips: ClipSet) -> None:
     if n and n != len(clips.label_names):
         raise ValueError(f"model.n_classes is {n} but the data has {len(clips.label_names)} labels "
                          f"({clips.label_names}); set model.n_classes={len(clips.label_names)} or 0")
+    if n and len(clips.labels) and not 0 <= int(clips.labels.min()) <= int(clips.labels.max()) < n:
+        raise ValueError(f"the data's labels must lie in [0, {n}), not [{int(clips.labels.min())}, "
+                         f"{int(clips.labels.max())}]")
 
 
 @torch.no_grad()
@@ -251,7 +254,7 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True) -> Path:
             drop = torch.rand(labels.shape, device=device) < cfg.label_dropout
             labels = torch.where(drop, torch.full_like(labels, recipe.model.n_classes), labels)
         with autocast:
-            logits = net(tokens, labels)
+            logits = net(tokens, labels, labels_checked=True)  # _check_labels checked the data once
         loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
         unchecked.append(loss.detach())
         optimizer.zero_grad(set_to_none=True)

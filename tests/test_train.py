@@ -115,9 +115,9 @@ def _poison_forward_call(monkeypatch, call: int) -> None:
     calls = {"n": 0}
 
     class PoisonedLM(train_module.WaveformLM):
-        def forward(self, tokens, labels=None):
+        def forward(self, tokens, labels=None, **kwargs):
             calls["n"] += 1
-            logits = super().forward(tokens, labels)
+            logits = super().forward(tokens, labels, **kwargs)
             return logits * float("nan") if calls["n"] == call else logits
 
     monkeypatch.setattr(train_module, "WaveformLM", PoisonedLM)
@@ -176,3 +176,19 @@ def test_init_from_a_checkpoint_of_another_architecture_names_both(tiny_recipe, 
                                       f"train.out_dir={tmp_path / 'other'}"])
     with pytest.raises(ValueError, match=f"(?s){first}.*other"):
         train(other, progress=False)
+
+
+def test_labels_outside_the_models_classes_are_refused_before_the_first_step(tmp_path):
+    from audiomamba.config import DataConfig, ModelConfig, Recipe, TrainConfig
+    from audiomamba.data.clipset import ClipSet, save_packed
+
+    for split in ("train", "validation"):
+        clips = ClipSet(torch.randint(0, 256, (4, 64), dtype=torch.uint8), torch.tensor([0, 1, 2, 1]), ["a"] * 4,
+                        ["zero", "one"], 8000, [])
+        save_packed(clips, tmp_path / "packed" / f"{split}.safetensors")
+    recipe = Recipe(DataConfig(dataset="fsdd", packed_dir=str(tmp_path / "packed"), sample_rate=8000, clip_samples=64),
+                    ModelConfig(d_model=8, pool=[4, 4], outer=["mlp"], center=["mlp"], n_classes=2),
+                    TrainConfig(out_dir=str(tmp_path / "run"), batch_size=2, max_steps=1))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\), not \[0, 2\]"):
+        train(recipe, progress=False)
+    assert not (tmp_path / "run" / "latest.json").exists()

@@ -29,9 +29,9 @@ class WaveformLM(nn.Module):
         self.head = nn.Linear(cfg.d_model, N_CLASSES)
 
     def check_labels(self, labels: torch.Tensor | None) -> None:
-        """Raise if labels do not fit this model. Their range check syncs with the GPU, so it is kept
-        out of ``step`` and skipped under torch.compile, where it would split the graph (train()
-        checks its data's labels once instead)."""
+        """Raise if labels do not fit this model. Their range check waits for the GPU, so it is kept
+        out of ``step``, skipped under torch.compile, where it would split the graph, and skipped by
+        ``forward(..., labels_checked=True)`` (train() checks its data's labels once instead)."""
         if labels is None:
             return
         if self.label_embed is None:
@@ -51,9 +51,12 @@ class WaveformLM(nn.Module):
         label_vectors = self.label_embed.forward(labels.to(x.device))
         return x + (label_vectors[:, None] if x.dim() == 3 else label_vectors)
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens: (batch, L) the clip itself -> logits (batch, L, 256) for each of its samples."""
-        self.check_labels(labels)
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, *,
+                labels_checked: bool = False) -> torch.Tensor:
+        """tokens: (batch, L) the clip itself -> logits (batch, L, 256) for each of its samples.
+        ``labels_checked``: the caller has range-checked the labels, so no check waits for the GPU."""
+        if not labels_checked:
+            self.check_labels(labels)
         batch, length = tokens.shape
         prev = F.pad(tokens.long(), (1, 0), value=SILENCE)[:, :length]
         stride = self.backbone.stride
