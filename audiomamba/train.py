@@ -210,7 +210,11 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True) -> Path:
         if cfg.cuda_graphs and distributed and is_main:
             print("train.cuda_graphs is for one process (not measured under DDP): compiling without CUDA graphs",
                   file=sys.stderr)
-        net = compile_model(net, cuda_graphs=cfg.cuda_graphs and device.type == "cuda" and not distributed)
+        graphs = cfg.cuda_graphs and device.type == "cuda" and not distributed
+        if is_main:
+            what = "compile the training step" + (" and record its CUDA graphs" if graphs else "")
+            print(f"train.compile: the first steps {what} (about a minute)", file=sys.stderr)
+        net = compile_model(net, cuda_graphs=graphs)
     use_bf16 = cfg.bf16 and device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
     logger = _Logger(run_dir) if is_main else None

@@ -28,13 +28,14 @@ def test_a_few_steps_lower_the_loss_and_leave_a_loadable_checkpoint(tiny_recipe,
 
 
 @pytest.mark.slow
-def test_compiled_training_follows_the_eager_run(tiny_recipe, tmp_path):
+def test_compiled_training_follows_the_eager_run(tiny_recipe, tmp_path, capsys):
     steps = ["train.max_steps=3", "train.ckpt_every=1000", "model.outer=[mlp]"]  # a small graph: compiling is slow
     train(load_recipe(tiny_recipe, steps + [f"train.out_dir={tmp_path / 'eager'}"]), progress=False)
     torch._dynamo.reset()
     train(load_recipe(tiny_recipe, steps + [f"train.out_dir={tmp_path / 'compiled'}", "train.compile=true"]),
           progress=False)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
+    assert "the first steps compile the training step (about a minute)" in capsys.readouterr().err  # not stuck
     eager, compiled = (load_file(str(resolve_checkpoint(tmp_path / run) / "model.safetensors"))
                        for run in ("eager", "compiled"))
     assert eager.keys() == compiled.keys()  # saved from the plain model: no "_orig_mod." prefixes
