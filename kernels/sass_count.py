@@ -111,8 +111,9 @@ def print_stack(widths: list[int], arch: int, ghz: float) -> None:
         E, N, R = 2 * width, 16, -(-width // 16)
         h_pad = triton.next_power_of_2(width)
         ce = mamba_stack.chunk_channels(E, h_pad)
-        constexprs = dict(H_PAD=h_pad, CE=ce, N_PAD=N, R_PAD=max(2, triton.next_power_of_2(R)), WIDTH=4, W_PAD=4,
-                          PDL=False)
+        r_pad = max(2, triton.next_power_of_2(R))
+        constexprs = dict(H_PAD=h_pad, CE=ce, N_PAD=N, R_PAD=r_pad, WIDTH=4, W_PAD=4,
+                          EXACT=(width, R, E % ce) == (h_pad, r_pad, 0), PDL=False)
         for rows in (1, 256):
             num_warps = mamba_stack._num_warps(rows, ce * h_pad)
             for projections in ("fp32", "bf16"):

@@ -121,10 +121,13 @@ def _back(x, z, dt_low, Bv, Cv, w_dt, dt_b, D, s, A, w_out, ssm_row, e, e_ok, n,
 def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_ptr, conv_w_ptr, conv_b_ptr,
                       xp_ptr, dtw_ptr, dtb_ptr, A_ptr, D_ptr, out_w_ptr, conv_ptr, ssm_ptr,
                       n_blocks, batch, H, E, N, R, eps, H_PAD: tl.constexpr, CE: tl.constexpr, N_PAD: tl.constexpr,
-                      R_PAD: tl.constexpr, WIDTH: tl.constexpr, W_PAD: tl.constexpr, PDL: tl.constexpr):
+                      R_PAD: tl.constexpr, WIDTH: tl.constexpr, W_PAD: tl.constexpr, EXACT: tl.constexpr,
+                      PDL: tl.constexpr):
     b = tl.program_id(0)
     h, n, r, w = tl.arange(0, H_PAD), tl.arange(0, N_PAD), tl.arange(0, R_PAD), tl.arange(0, W_PAD)
     h_ok, n_ok, r_ok, w_ok = h < H, n < N, r < R, w < WIDTH
+    if EXACT:  # every size is its padded size: masks the compiler sees as all-true, and drops
+        h_ok, n_ok, r_ok, w_ok = h < H_PAD, n < N_PAD, r < R_PAD, w < W_PAD
     P = R + 2 * N  # x_proj's rows: [0, R) dt_low, [R, R + N) B, [R + N, R + 2N) C
     wait_for_inputs(PDL)
     release_dependents(PDL)
@@ -146,7 +149,7 @@ def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_
         Cv = tl.zeros([N_PAD], dtype=tl.float32)
         for e0 in range(0, E, CE):
             e = e0 + tl.arange(0, CE)
-            e_ok = e < E
+            e_ok = (tl.arange(0, CE) < CE) if EXACT else (e < E)
             w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C = _front_loads(
                 in_w, conv_row, conv_w, conv_b, xp, e, e_ok, h, h_ok, w, w_ok, r, r_ok, n, n_ok, E, H, R, N, WIDTH)
             x, z, dt_part, B_part, C_part = _front(un, w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C,
@@ -160,7 +163,7 @@ def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_
         out = tl.zeros([H_PAD], dtype=tl.float32)
         for e0 in range(0, E, CE):
             e = e0 + tl.arange(0, CE)
-            e_ok = e < E
+            e_ok = (tl.arange(0, CE) < CE) if EXACT else (e < E)
             w_dt, db, Dv, s, Av, w_out = _back_loads(dt_w, dt_b, A, D, out_w, ssm_row, e, e_ok, h, h_ok, r, r_ok,
                                                      n, n_ok, E, R, N)
             x = tl.load(x_scratch + e, mask=e_ok, other=0.0)
@@ -181,13 +184,15 @@ def mamba_stack_step(u, weights, conv_state, ssm_state):
     H, N, R = u.shape[1], ssm_state.shape[3], w.dt_proj.shape[2]
     u = u.contiguous()
     out = torch.empty_like(u)
-    h_pad = triton.next_power_of_2(H)
+    h_pad, n_pad, r_pad, w_pad = (triton.next_power_of_2(H), triton.next_power_of_2(N),
+                                  max(2, triton.next_power_of_2(R)), triton.next_power_of_2(width))
     ce = chunk_channels(E, h_pad)
     scratch = torch.empty(batch, 2, E, device=u.device, dtype=torch.float32)
     pdl = launch_options(u)
     _mamba_stack_step[(batch,)](
         u, out, scratch, w.norm_weight, w.norm_bias, w.in_proj, w.conv_weight, w.conv_bias, w.x_proj, w.dt_proj,
         w.dt_bias, w.A, w.D, w.out_proj, conv_state, ssm_state, K, batch, H, E, N, R, w.norm_eps,
-        H_PAD=h_pad, CE=ce, N_PAD=triton.next_power_of_2(N), R_PAD=max(2, triton.next_power_of_2(R)), WIDTH=width,
-        W_PAD=triton.next_power_of_2(width), PDL=bool(pdl), num_warps=_num_warps(batch, ce * h_pad), **pdl)
+        H_PAD=h_pad, CE=ce, N_PAD=n_pad, R_PAD=r_pad, WIDTH=width, W_PAD=w_pad,
+        EXACT=(H, N, R, width, E % ce) == (h_pad, n_pad, r_pad, w_pad, 0), PDL=bool(pdl),
+        num_warps=_num_warps(batch, ce * h_pad), **pdl)
     return out
