@@ -30,7 +30,7 @@ from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_
 from audiomamba_kernels.selective_scan import _advance, _softplus
 
 TILE = 16384  # elements of a weight tile (CE x H): CE = TILE // H, at most E
-FEW_ROWS = 64  # up to this batch, 8 warps for tiles of more than 8192 weights
+FEW_ROWS = 128  # up to this batch, 8 warps for tiles of more than 8192 weights
 MAX_WIDTH = 128  # where this kernel measured faster than the per-block kernels: stages up to this
 MAX_ROWS_WIDTH2 = 1024 * 64**2  # width, at batch x width^2 (the weights read per block) up to this
 BF16_MAX_WIDTH = 128  # stages up to this width read their projections in bf16 where that is exact
@@ -57,6 +57,14 @@ def chunk_channels(E: int, h_pad: int) -> int:
 
 def _num_warps(batch: int, tile: int) -> int:
     return 8 if batch <= FEW_ROWS and tile > 8192 else 4
+
+
+def _masks_exact(sizes: tuple[int, ...], padded: tuple[int, ...], bf16: bool, num_warps: int, tile: int) -> bool:
+    """EXACT: every size (H, N, R, conv width, E's remainder) is its padded one, so the kernel's
+    masks can compare against constants and compile away. Measured (BENCHMARKS.md, "Generation,
+    session 19"): 7-18% faster a block, except bf16 projections in 4-warp programs of big tiles
+    (width 128 at batch 256), 15% slower there; that case keeps the masks."""
+    return sizes == padded and not (bf16 and num_warps == 4 and tile > 8192)
 
 
 @triton.jit
@@ -187,12 +195,14 @@ def mamba_stack_step(u, weights, conv_state, ssm_state):
     h_pad, n_pad, r_pad, w_pad = (triton.next_power_of_2(H), triton.next_power_of_2(N),
                                   max(2, triton.next_power_of_2(R)), triton.next_power_of_2(width))
     ce = chunk_channels(E, h_pad)
+    num_warps = _num_warps(batch, ce * h_pad)
+    exact = _masks_exact((H, N, R, width, E % ce), (h_pad, n_pad, r_pad, w_pad, 0),
+                         w.in_proj.dtype == torch.bfloat16, num_warps, ce * h_pad)
     scratch = torch.empty(batch, 2, E, device=u.device, dtype=torch.float32)
     pdl = launch_options(u)
     _mamba_stack_step[(batch,)](
         u, out, scratch, w.norm_weight, w.norm_bias, w.in_proj, w.conv_weight, w.conv_bias, w.x_proj, w.dt_proj,
         w.dt_bias, w.A, w.D, w.out_proj, conv_state, ssm_state, K, batch, H, E, N, R, w.norm_eps,
         H_PAD=h_pad, CE=ce, N_PAD=n_pad, R_PAD=r_pad, WIDTH=width, W_PAD=w_pad,
-        EXACT=(H, N, R, width, E % ce) == (h_pad, n_pad, r_pad, w_pad, 0), PDL=bool(pdl),
-        num_warps=_num_warps(batch, ce * h_pad), **pdl)
+        EXACT=exact, PDL=bool(pdl), num_warps=num_warps, **pdl)
     return out

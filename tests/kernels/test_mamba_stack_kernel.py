@@ -18,7 +18,7 @@ kernels = pytest.importorskip("audiomamba_kernels.mamba_stack")
 
 SHAPES = [(1, 16, 4, 2), (3, 32, 16, 3), (2, 24, 8, 1)]  # (batch, H, N, K): H = 24 pads the tiles
 if torch.cuda.is_available():
-    SHAPES += [(256, 64, 16, 8), (16, 128, 16, 8), (5, 256, 16, 8)]
+    SHAPES += [(256, 64, 16, 8), (16, 128, 16, 8), (256, 128, 16, 4), (5, 256, 16, 8)]  # masks kept at 256 x 128
 
 
 def random_stage(H, N, K, bf16_values=False):
