@@ -12,7 +12,8 @@ A block makes two passes over its inner channels, in chunks of CE:
 
 Each chunk issues all of its loads (weights, conv buffer, state) before it computes. A tile of
 16384 weights (width 128) needs 8 warps' registers; with many rows, 4 warps let more programs
-share an SM (``_num_warps``; BENCHMARKS.md, "Generation, session 10", has the measurements).
+share an SM (``_num_warps``; BENCHMARKS.md, "Generation, sessions 10 and 19", has the measurements).
+Where every size equals its padded one, the masks become constants and compile away (``EXACT``).
 
 Everything is fp32 FMAs and reductions: one row gives no tile for tensor cores. The projections
 may come in bf16 (``narrow_projections``, where that is exact); they are widened as they load.
