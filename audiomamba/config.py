@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-BLOCK_TYPES = ("s4d", "mamba", "mlp")
+BLOCK_TYPES = ("s4d", "mamba", "mamba2", "attention", "mlp")
 
 
 @dataclass
@@ -56,7 +56,11 @@ class ModelConfig:
     s4d_state: int = 64  # S4D state size N (N/2 complex conjugate pairs)
     mamba_state: int = 16
     mamba_expand: int = 2
-    mamba_conv: int = 4
+    mamba_conv: int = 4  # also Mamba-2's conv width
+    mamba2_state: int = 64  # Mamba-2's N, shared by its heads
+    mamba2_headdim: int = 32  # channels per Mamba-2 head (P); expand * width must be a multiple
+    attention_heads: int = 4
+    attention_window: int = 256  # each position attends to this many, itself included
     mlp_expand: int = 2
 
     def __post_init__(self) -> None:
@@ -67,6 +71,9 @@ class ModelConfig:
             raise ValueError(f"model.pool factors must be >= 1, got {self.pool}")
         if self.s4d_state % 2:
             raise ValueError("model.s4d_state must be even (complex conjugate pairs)")
+        for name in ("mamba2_state", "mamba2_headdim", "attention_heads", "attention_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass

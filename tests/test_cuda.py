@@ -18,6 +18,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 MIXED = dict(outer=["s4d", "mamba", "mlp"], center=["mamba", "s4d"])
 ALL_MAMBA = dict(outer=["mamba"] * 3, center=["mamba"] * 2)  # every stage's step is one fused kernel
+HYBRID = dict(outer=["mamba2", "attention", "mlp"], center=["attention", "mamba2"], mamba2_headdim=8,
+              attention_window=8)  # the window wraps at the outer stage
 
 
 def model(n_classes=2, blocks=MIXED, bf16_values=False):
@@ -31,9 +33,9 @@ def model(n_classes=2, blocks=MIXED, bf16_values=False):
 
 @pytest.mark.parametrize("blocks, fused, bf16_values",
                          [(MIXED, True, False), (ALL_MAMBA, True, False), (ALL_MAMBA, False, False),
-                          (ALL_MAMBA, True, True), (ALL_MAMBA, False, True)],
+                          (ALL_MAMBA, True, True), (ALL_MAMBA, False, True), (HYBRID, True, False)],
                          ids=["mixed", "all_mamba", "all_mamba_block_by_block", "all_mamba_bf16_values",
-                              "all_mamba_block_by_block_bf16_values"])
+                              "all_mamba_block_by_block_bf16_values", "hybrid"])
 def test_cuda_stepping_matches_the_parallel_forward_in_fp32(blocks, fused, bf16_values, monkeypatch):
     if not fused:  # where the stage kernel does not pay, the stages run their per-block kernels
         monkeypatch.setattr(triton_kernels.load("mamba_stack"), "MAX_WIDTH", 0)
@@ -53,7 +55,7 @@ def test_cuda_stepping_matches_the_parallel_forward_in_fp32(blocks, fused, bf16_
         assert stacks and all(w.in_proj.dtype == w.out_proj.dtype == torch.bfloat16 for w in stacks)
 
 
-@pytest.mark.parametrize("blocks", [MIXED, ALL_MAMBA], ids=["mixed", "all_mamba"])
+@pytest.mark.parametrize("blocks", [MIXED, ALL_MAMBA, HYBRID], ids=["mixed", "all_mamba", "hybrid"])
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
 def test_cuda_graph_sampling_reproduces_eager_sampling(guidance, blocks):
     m = model(blocks=blocks)
@@ -64,8 +66,9 @@ def test_cuda_graph_sampling_reproduces_eager_sampling(guidance, blocks):
     torch.testing.assert_close(graphed.loglik_bits, eager.loglik_bits, rtol=1e-5, atol=1e-3)
 
 
-def test_bf16_training_forward_stays_close_to_fp32():
-    m = model().train()
+@pytest.mark.parametrize("blocks", [MIXED, HYBRID], ids=["mixed", "hybrid"])
+def test_bf16_training_forward_stays_close_to_fp32(blocks):
+    m = model(blocks=blocks).train()
     tokens = torch.randint(0, 256, (2, 64), device="cuda")
     want = m(tokens)
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -73,7 +76,8 @@ def test_bf16_training_forward_stays_close_to_fp32():
     assert ((got.float() - want).norm() / want.norm()).item() < 3e-2
 
 
-def test_a_compiled_model_is_one_graph_with_its_scans_inside():
+@pytest.mark.parametrize("blocks", [MIXED, HYBRID], ids=["mixed", "hybrid"])
+def test_a_compiled_model_is_one_graph_with_its_scans_inside(blocks):
     """compile_model imports the kernels of a training step (the scan's, the conv's) before
     torch.compile traces the model: an import traced inside a block would break the graph there,
     at every Mamba block."""
@@ -82,7 +86,7 @@ def test_a_compiled_model_is_one_graph_with_its_scans_inside():
 
     for name in ("selective_scan", "causal_conv"):  # as in a fresh process (earlier tests loaded them)
         triton_kernels._modules.pop(name, None)
-    m = model().train()
+    m = model(blocks=blocks).train()
     compile_model(m)
     tokens, labels = torch.randint(0, 256, (2, 64), device="cuda"), torch.tensor([0, 1], device="cuda")
     explained = torch._dynamo.explain(m)(tokens, labels)

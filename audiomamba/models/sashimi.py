@@ -31,7 +31,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from audiomamba.config import ModelConfig
+from audiomamba.models.attention import AttentionBlock
 from audiomamba.models.mamba import MambaBlock
+from audiomamba.models.mamba2 import Mamba2Block
 from audiomamba.models.mlp import MLPBlock
 from audiomamba.models.residual import ResidualBlock
 from audiomamba.models.s4d import S4DBlock
@@ -40,11 +42,15 @@ from audiomamba.ops.mamba_stack import mamba_stack_step, stack_weights
 
 
 def make_block(kind: str, d_model: int, cfg: ModelConfig) -> ResidualBlock:
-    """A residual block of type ``kind`` ("s4d", "mamba" or "mlp") and width ``d_model``."""
+    """A residual block of type ``kind`` (one of ``BLOCK_TYPES``) and width ``d_model``."""
     if kind == "s4d":
         block = S4DBlock(d_model, cfg.s4d_state)
     elif kind == "mamba":
         block = MambaBlock(d_model, cfg.mamba_state, cfg.mamba_expand, cfg.mamba_conv)
+    elif kind == "mamba2":
+        block = Mamba2Block(d_model, cfg.mamba2_state, cfg.mamba2_headdim, cfg.mamba_expand, cfg.mamba_conv)
+    elif kind == "attention":
+        block = AttentionBlock(d_model, cfg.attention_heads, cfg.attention_window)
     elif kind == "mlp":
         block = MLPBlock(d_model, cfg.mlp_expand)
     else:

@@ -5,10 +5,12 @@ import torch
 from audiomamba.config import ModelConfig
 from audiomamba.models.sashimi import make_block
 
-CFG = ModelConfig(s4d_state=8, mamba_state=4)
+CFG = ModelConfig(s4d_state=8, mamba_state=4, mamba2_state=8, mamba2_headdim=6, attention_heads=2,
+                  attention_window=10)  # a window shorter than the test sequences, which then wrap around it
+KINDS = ["s4d", "mamba", "mamba2", "attention", "mlp"]
 
 
-@pytest.mark.parametrize("kind", ["s4d", "mamba", "mlp"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_changing_inputs_from_t_on_leaves_earlier_outputs_unchanged(kind):
     block = make_block(kind, 12, CFG).eval()
     x = torch.randn(2, 40, 12)
@@ -20,7 +22,7 @@ def test_changing_inputs_from_t_on_leaves_earlier_outputs_unchanged(kind):
     assert (y[:, t] - y2[:, t]).abs().max() > 1e-3  # the perturbation is seen from t on
 
 
-@pytest.mark.parametrize("kind", ["s4d", "mamba", "mlp"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_stepping_equals_the_parallel_forward(kind):
     block = make_block(kind, 12, CFG).eval()
     x = torch.randn(3, 29, 12)
@@ -78,7 +80,7 @@ def test_mamba_initialises_delta_within_its_range():
     torch.testing.assert_close(-torch.exp(block.A_log[0]), -torch.arange(1.0, 5.0))  # S4D-Real
 
 
-@pytest.mark.parametrize("kind, param", [("s4d", "log_dt"), ("mamba", "A_log")])
+@pytest.mark.parametrize("kind, param", [("s4d", "log_dt"), ("mamba", "A_log"), ("mamba2", "A_log")])
 def test_step_caches_follow_parameter_updates(kind, param):
     block = make_block(kind, 6, CFG).eval()
     x = torch.randn(2, 6)
@@ -120,7 +122,7 @@ def test_a_stage_of_mamba_blocks_steps_as_its_blocks_do_one_by_one():
                           StackedStates)
 
 
-@pytest.mark.parametrize("kind", ["s4d", "mamba"])
+@pytest.mark.parametrize("kind", ["s4d", "mamba", "mamba2"])
 def test_a_block_made_under_inference_mode_steps_and_sees_its_parameters_change(kind):
     """Such parameters have no version counter for the step cache to watch: the step must still
     run, and an in-place change must still show in the next step."""
@@ -136,3 +138,30 @@ def test_a_block_made_under_inference_mode_steps_and_sees_its_parameters_change(
         want = fresh.step(x, fresh.initial_state(2))[0]
     torch.testing.assert_close(after, want)
     assert (after - before).abs().max() > 1e-4
+
+
+def test_attention_sees_exactly_its_window():
+    """Output t changes when input t - window + 1 does, and not when t - window does."""
+    block = make_block("attention", 12, CFG).eval()  # window 10
+    x = torch.randn(2, 40, 12)
+    t, window = 30, CFG.attention_window
+    for source, seen in ((t - window + 1, True), (t - window, False)):
+        x2 = x.clone()
+        x2[:, source] += torch.randn(2, 12)
+        change = (block(x2)[:, t] - block(x)[:, t]).abs().max().item()
+        assert (change > 1e-4) == seen, (source, change)
+
+
+@pytest.mark.parametrize("kind, setting", [("mamba2", "mamba2_headdim=5"), ("attention", "attention_heads=5")])
+def test_a_width_its_heads_do_not_divide_is_refused_naming_the_setting(kind, setting):
+    name, value = setting.split("=")
+    with pytest.raises(ValueError, match=f"model.{name}={value}"):
+        make_block(kind, 12, ModelConfig(**{name: int(value)}))
+
+
+def test_mamba2_initialises_dt_within_its_range_and_a_negative_decay_per_head():
+    block = make_block("mamba2", 32, ModelConfig(mamba2_headdim=16)).block
+    dt = torch.nn.functional.softplus(block.dt_bias)
+    assert block.heads == 4 and dt.shape == (4,)
+    assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 1e-1 * 1.001
+    assert (-torch.exp(block.A_log) <= -1).all() and (-torch.exp(block.A_log) >= -16).all()

@@ -9,6 +9,8 @@ CONFIGS = {
     "s4d": dict(outer=["s4d", "mlp"], center=["s4d", "mlp"]),
     "mamba": dict(outer=["mamba"], center=["mamba", "mamba"]),
     "mixed": dict(outer=["s4d", "mamba", "mlp"], center=["mamba", "s4d"]),
+    "hybrid": dict(outer=["mamba2", "attention"], center=["attention", "mamba2", "mlp"], mamba2_state=4,
+                   mamba2_headdim=4, attention_heads=2, attention_window=6),  # the window wraps at the outer stage
 }
 
 

@@ -1,0 +1,87 @@
+"""Mamba-2: a selective SSM block whose decay is a scalar per head (Dao & Gu 2024), computed by SSD.
+
+    z, xBC, dt = in_proj(u)                      z: E, xBC: E + 2N, dt: one per head (E = expand * H)
+    x, B, C = silu(causal depthwise conv(xBC))   x: heads x P channels; B, C: N states shared by the heads
+    dt = softplus(dt + dt_bias)                  bias initialised so dt starts in [dt_min, dt_max]
+    y = ssd(x, dt, A, B, C) + D x                A = -exp(A_log), one per head
+    out = out_proj(RMSNorm(y * silu(z)))
+
+Next to Mamba (``mamba.py``): B and C come from the input projection, not from x, so one matmul
+makes every input of the scan; the state per head is (P, N), with larger N (64 here against 16)
+for about the same cost. The recurrent state is the conv buffer (batch, E + 2N, d_conv) and the
+SSM state (batch, heads, P, N), fp32.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from audiomamba.models.step_cache import cached_for_steps
+from audiomamba.ops.causal_conv import causal_conv_silu, causal_conv_step_ref
+from audiomamba.ops.ssd import ssd_scan, ssd_step
+
+
+def _gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm(y * silu(z)) over the last dimension, in fp32; returned in z's dtype."""
+    gated = y.float() * F.silu(z.float())
+    return (gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(z.dtype)
+
+
+class Mamba2Block(nn.Module):
+    """(batch, length, H) -> (batch, length, H)."""
+
+    def __init__(self, d_model: int, d_state: int = 64, headdim: int = 32, expand: int = 2, d_conv: int = 4,
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, eps: float = 1e-5):
+        super().__init__()
+        E, N = expand * d_model, d_state
+        if E % headdim:
+            raise ValueError(f"Mamba-2 at width {d_model}: its {E} inner channels are not a multiple of "
+                             f"model.mamba2_headdim={headdim}")
+        self.heads, self.headdim, self.d_state, self.eps = E // headdim, headdim, N, eps
+        self.in_proj = nn.Linear(d_model, 2 * E + 2 * N + self.heads, bias=False)  # z, x, B, C, dt
+        self.conv = nn.Conv1d(E + 2 * N, E + 2 * N, d_conv, groups=E + 2 * N, padding=d_conv - 1)
+        dt = torch.exp(torch.rand(self.heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus: softplus(bias) = dt
+        self.A_log = nn.Parameter(torch.empty(self.heads).uniform_(1, 16).log())
+        self.D = nn.Parameter(torch.ones(self.heads))
+        self.norm_weight = nn.Parameter(torch.ones(E))
+        self.out_proj = nn.Linear(E, d_model, bias=False)
+        self._step_cache = None  # A = -exp(A_log) while generating: see cached_for_steps
+
+    def _split(self, projected: torch.Tensor):
+        """in_proj's output (..., 2E + 2N + heads) -> z (..., E), xBC (..., E + 2N), dt (..., heads)."""
+        E = self.heads * self.headdim
+        return projected.split([E, E + 2 * self.d_state, self.heads], dim=-1)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        E, N = self.heads * self.headdim, self.d_state
+        z, xBC, dt = self._split(self.in_proj(u))
+        xBC = causal_conv_silu(xBC.mT.contiguous(), self.conv.weight[:, 0], self.conv.bias).mT  # (batch, length, E + 2N)
+        x, B, C = xBC.split([E, N, N], dim=-1)
+        x = x.unflatten(-1, (self.heads, self.headdim))
+        with torch.autocast(u.device.type, enabled=False):
+            dt = F.softplus(dt.float() + self.dt_bias.float())
+            y = ssd_scan(x, dt, -torch.exp(self.A_log.float()), B, C) + self.D.float()[:, None] * x.float()
+        return self.out_proj(_gated_rms_norm(y.flatten(-2), z, self.norm_weight, self.eps))
+
+    def initial_state(self, batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conv buffer (batch, E + 2N, d_conv), SSM state (batch, heads, P, N) fp32), zeros."""
+        channels = self.heads * self.headdim + 2 * self.d_state
+        return (torch.zeros(batch, channels, self.conv.kernel_size[0], device=device),
+                torch.zeros(batch, self.heads, self.headdim, self.d_state, device=device))
+
+    def step(self, u: torch.Tensor, state) -> tuple[torch.Tensor, tuple]:
+        """u: (batch, H) -> (batch, H); the state tensors are updated in place and returned."""
+        conv_buf, ssm_state = state
+        E, N = self.heads * self.headdim, self.d_state
+        z, xBC, dt = self._split(F.linear(u, self.in_proj.weight))
+        xBC = causal_conv_step_ref(conv_buf, xBC, self.conv.weight[:, 0], self.conv.bias)
+        x, B, C = xBC.split([E, N, N], dim=-1)
+        x = x.unflatten(-1, (self.heads, self.headdim))
+        A = cached_for_steps(self, lambda: -torch.exp(self.A_log.float()))
+        dt = F.softplus(dt.float() + self.dt_bias.float())
+        y = ssd_step(ssm_state, x, dt, A, B, C) + self.D.float()[:, None] * x.float()
+        return self.out_proj.forward(_gated_rms_norm(y.flatten(-2), z, self.norm_weight, self.eps)), state

@@ -1,0 +1,67 @@
+"""Mamba-2's scan (SSD, "state-space duality"; Dao & Gu 2024): a selective SSM whose decay is one
+scalar per head and time step, so that a chunk of it is a masked matrix product.
+
+For each head (P channels sharing N states), with a_t = dt_t A <= 0:
+
+    S_t = exp(a_t) S_{t-1} + dt_t x_t B_t^T          S: (P, N), zero before t = 0
+    y_t = S_t C_t
+
+In a chunk of Q steps, with c_t = a_1 + ... + a_t counted from the chunk's start and S_in the
+state the chunk starts from:
+
+    y_t   = sum_{s <= t} exp(c_t - c_s) (C_t . B_s) dt_s x_s   +   exp(c_t) S_in C_t
+    S_out = exp(c_Q) S_in + sum_s exp(c_Q - c_s) dt_s x_s B_s^T
+
+The first sum is a (Q, Q) lower-triangular matrix times the chunk's inputs (the "attention" form);
+the states handed from chunk to chunk are one more such product over the chunks. Everything is
+matmuls in fp32: no sequential loop, on any device. ``ssd_step`` is the recurrence itself, one
+sample at a time, for generation.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CHUNK = 64  # steps per chunk: (Q, Q) products in the chunk, (L/Q, L/Q) across chunks
+
+
+def _decay_matrix(c: torch.Tensor) -> torch.Tensor:
+    """c (..., T) cumulative log-decays -> (..., T, T) with exp(c_t - c_s) at [t, s] for s <= t, else 0."""
+    diff = c[..., :, None] - c[..., None, :]
+    causal = torch.ones(c.shape[-1], c.shape[-1], dtype=torch.bool, device=c.device).tril()
+    return torch.exp(diff.masked_fill(~causal, float("-inf")))  # masked first: exp of c_t - c_s > 0 could overflow
+
+
+def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             chunk: int = CHUNK) -> torch.Tensor:
+    """x: (batch, L, heads, P); dt: (batch, L, heads), positive; A: (heads,), negative; B, C:
+    (batch, L, N), shared by the heads. Returns y (batch, L, heads, P) in fp32."""
+    batch, length, heads, P = x.shape
+    pad = -length % chunk  # padded steps come last with dt = 0 (no decay, no input): they change nothing before them
+    x, dt, B, C = (F.pad(t.float(), (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
+    n = (length + pad) // chunk
+    x, dt, B, C = (t.unflatten(1, (n, chunk)) for t in (x, dt, B, C))  # (batch, n, Q, ...)
+    c = (dt * A.float()).cumsum(2).transpose(2, 3)  # (batch, n, heads, Q): log-decay from the chunk's start
+    drive = (x * dt[..., None]).transpose(2, 3)  # dt_s x_s, (batch, n, heads, Q, P)
+
+    scores = C @ B.transpose(-1, -2)  # C_t . B_s, (batch, n, Q, Q)
+    y = (_decay_matrix(c) * scores[:, :, None]) @ drive  # within each chunk, (batch, n, heads, Q, P)
+
+    to_end = torch.exp(c[..., -1:] - c)  # exp(c_Q - c_s), (batch, n, heads, Q)
+    chunk_states = (drive * to_end[..., None]).transpose(-1, -2) @ B[:, :, None]  # (batch, n, heads, P, N)
+    totals = c[..., -1].transpose(1, 2)  # each chunk's whole log-decay, (batch, heads, n)
+    # S_in of chunk k = sum_{j < k} exp(totals[j+1] + ... + totals[k-1]) chunk_states[j]
+    handed_on = _decay_matrix(totals.cumsum(-1))  # [k, j] = exp(sum of totals j+1 .. k) for j <= k
+    incoming = torch.einsum("bhkj,bjhpn->bkhpn", handed_on[..., :-1, :], chunk_states)  # into chunks 1 .. n-1
+    incoming = torch.cat([torch.zeros_like(chunk_states[:, :1]), incoming], 1)  # chunk 0 starts from zero
+    y = y + torch.exp(c)[..., None] * (incoming @ C[:, :, None].transpose(-1, -2)).transpose(-1, -2)
+    return y.transpose(2, 3).flatten(1, 2)[:, :length]
+
+
+def ssd_step(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+             C: torch.Tensor) -> torch.Tensor:
+    """One step of the recurrence. state: (batch, heads, P, N) fp32, updated in place; x: (batch,
+    heads, P); dt: (batch, heads); A: (heads,); B, C: (batch, N). Returns y (batch, heads, P) fp32."""
+    x, dt, B, C = x.float(), dt.float(), B.float(), C.float()
+    state.mul_(torch.exp(dt * A)[..., None, None]).add_((dt[..., None] * x)[..., None] * B[:, None, None, :])
+    return (state @ C[:, None, :, None]).squeeze(-1)
