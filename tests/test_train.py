@@ -18,8 +18,13 @@ def read_metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_few_steps_lower_the_loss_and_leave_a_loadable_checkpoint(tiny_recipe, tmp_path):
-    ckpt = train(load_recipe(tiny_recipe, ["train.max_steps=40"]), progress=False)
+HYBRID = ["model.outer=[mamba2,attention]", "model.center=[attention,mamba2]", "model.mamba2_headdim=4",
+          "model.attention_heads=2", "model.attention_window=16"]  # the window is shorter than the clips
+
+
+@pytest.mark.parametrize("blocks", [[], HYBRID], ids=["s4d_mamba", "mamba2_attention"])
+def test_a_few_steps_lower_the_loss_and_leave_a_loadable_checkpoint(tiny_recipe, tmp_path, blocks):
+    ckpt = train(load_recipe(tiny_recipe, ["train.max_steps=40", *blocks]), progress=False)
     bits = [m["bits"] for m in read_metrics(tmp_path / "run") if "bits" in m]
     assert bits[-1] < bits[0] - 1.0  # 8 bits (uniform) falls quickly on tones
     model, recipe, config = load_model(ckpt)
