@@ -63,8 +63,8 @@ def _num_warps(batch: int, tile: int) -> int:
 def _masks_exact(sizes: tuple[int, ...], padded: tuple[int, ...], bf16: bool, num_warps: int, tile: int) -> bool:
     """EXACT: every size (H, N, R, conv width, E's remainder) is its padded one, so the kernel's
     masks can compare against constants and compile away. Measured (BENCHMARKS.md, "Generation,
-    session 19"): 7-18% faster a block, except bf16 projections in 4-warp programs of big tiles
-    (width 128 at batch 256), 15% slower there; that case keeps the masks."""
+    session 19"): 3-18% faster a block, except bf16 projections in 4-warp programs of big tiles
+    (width 128 at batch 256), 16% slower there; that case keeps the masks."""
     return sizes == padded and not (bf16 and num_warps == 4 and tile > 8192)
 
 
