@@ -59,10 +59,9 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
-        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # (batch, heads, L, d)
-        positions = torch.arange(length, device=x.device)
-        q, k = rotate(q, positions, self.inv_freq), rotate(k, positions, self.inv_freq)
-        y = windowed_attention(q, k, v, self.window)
+        qkv = self.qkv(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # 3 x (batch, heads, L, d)
+        q, k = rotate(qkv[:2], torch.arange(length, device=x.device), self.inv_freq)
+        y = windowed_attention(q, k, qkv[2], self.window)
         return self.out_proj(y.transpose(1, 2).reshape(batch, length, width))
 
     def initial_state(self, batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -77,11 +76,11 @@ class AttentionBlock(nn.Module):
         """x: (batch, H) -> (batch, H); the state tensors are updated in place and returned. The
         position lives on the device, so a CUDA graph of the step replays at any position."""
         keys, values, position = state
-        q, k, v = F.linear(x, self.qkv.weight).view(x.shape[0], 3, self.heads, -1).unbind(1)  # (batch, heads, d)
-        q, k = rotate(q[:, :, None], position, self.inv_freq), rotate(k[:, :, None], position, self.inv_freq)
+        qkv = F.linear(x, self.qkv.weight).view(x.shape[0], 3, self.heads, 1, -1)  # (batch, 3, heads, 1, d)
+        q, k = rotate(qkv[:, :2], position, self.inv_freq).unbind(1)  # (batch, heads, 1, d)
         slot = position % self.window
         keys.index_copy_(2, slot, k.float())
-        values.index_copy_(2, slot, v[:, :, None].float())
+        values.index_copy_(2, slot, qkv[:, 2].float())
         scores = (keys @ q.float().transpose(-1, -2)).squeeze(-1) / math.sqrt(keys.shape[-1])  # (batch, heads, window)
         written = torch.arange(self.window, device=x.device) <= position  # every slot once the window is full
         weights = torch.softmax(scores.masked_fill(~written, float("-inf")), dim=-1)
