@@ -29,6 +29,13 @@ def _project(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(weight.expand(x.shape[0], *weight.shape), x)
 
 
+def initial_dt_bias(channels: int, dt_min: float, dt_max: float) -> torch.Tensor:
+    """A bias b with softplus(b) = dt, dt drawn log-uniformly in [dt_min, dt_max] per channel
+    (Mamba's initialisation of the step, through the inverse of softplus)."""
+    dt = torch.exp(torch.rand(channels) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    return dt + torch.log(-torch.expm1(-dt))
+
+
 class MambaBlock(nn.Module):
     """(batch, length, H) -> (batch, length, H)."""
 
@@ -42,9 +49,8 @@ class MambaBlock(nn.Module):
         self.x_proj = nn.Linear(E, self.dt_rank + 2 * N, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, E)
         nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
-        dt = torch.exp(torch.rand(E) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        with torch.no_grad():  # inverse softplus, so that softplus(bias) = dt
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(initial_dt_bias(E, dt_min, dt_max))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))
         self.D = nn.Parameter(torch.ones(E))
         self.out_proj = nn.Linear(E, d_model, bias=False)

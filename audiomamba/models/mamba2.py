@@ -13,12 +13,11 @@ SSM state (batch, heads, P, N), fp32.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from audiomamba.models.mamba import initial_dt_bias
 from audiomamba.models.step_cache import cached_for_steps
 from audiomamba.ops.causal_conv import causal_conv_silu, causal_conv_step_ref
 from audiomamba.ops.ssd import ssd_scan, ssd_step
@@ -43,8 +42,7 @@ class Mamba2Block(nn.Module):
         self.heads, self.headdim, self.d_state, self.eps = E // headdim, headdim, N, eps
         self.in_proj = nn.Linear(d_model, 2 * E + 2 * N + self.heads, bias=False)  # z, x, B, C, dt
         self.conv = nn.Conv1d(E + 2 * N, E + 2 * N, d_conv, groups=E + 2 * N, padding=d_conv - 1)
-        dt = torch.exp(torch.rand(self.heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus: softplus(bias) = dt
+        self.dt_bias = nn.Parameter(initial_dt_bias(self.heads, dt_min, dt_max))
         self.A_log = nn.Parameter(torch.empty(self.heads).uniform_(1, 16).log())
         self.D = nn.Parameter(torch.ones(self.heads))
         self.norm_weight = nn.Parameter(torch.ones(E))
