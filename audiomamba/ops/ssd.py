@@ -25,11 +25,15 @@ import torch.nn.functional as F
 CHUNK = 64  # steps per chunk: (Q, Q) products in the chunk, (L/Q, L/Q) across chunks
 
 
-def _decay_matrix(c: torch.Tensor) -> torch.Tensor:
-    """c (..., T) cumulative log-decays -> (..., T, T) with exp(c_t - c_s) at [t, s] for s <= t, else 0."""
-    diff = c[..., :, None] - c[..., None, :]
-    causal = torch.ones(c.shape[-1], c.shape[-1], dtype=torch.bool, device=c.device).tril()
-    return torch.exp(diff.masked_fill(~causal, float("-inf")))  # masked first: exp of c_t - c_s > 0 could overflow
+def _decay_matrix(a: torch.Tensor) -> torch.Tensor:
+    """a (..., T) log-decays per step -> (..., T, T) with exp(a_{s+1} + ... + a_t) at [t, s] for
+    s <= t (1 on the diagonal), else 0. Each sum is accumulated over its own terms, not taken as a
+    difference of two running sums: those grow without bound over a clip (-10^4 after a second of
+    strong decay), and their difference would lose the weak decays that follow (fp32 keeps 7 digits)."""
+    T = a.shape[-1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=a.device).tril()  # [t, s]: s <= t
+    sums = a[..., :, None].expand(*a.shape, T).masked_fill(~causal.tril(-1), 0.0).cumsum(-2)  # a_{s+1} + ... + a_t
+    return torch.exp(sums.masked_fill(~causal, float("-inf")))
 
 
 def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -41,17 +45,18 @@ def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
     x, dt, B, C = (F.pad(t.float(), (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
     n = (length + pad) // chunk
     x, dt, B, C = (t.unflatten(1, (n, chunk)) for t in (x, dt, B, C))  # (batch, n, Q, ...)
-    c = (dt * A.float()).cumsum(2).transpose(2, 3)  # (batch, n, heads, Q): log-decay from the chunk's start
+    a = (dt * A.float()).transpose(2, 3)  # log-decay of each step, (batch, n, heads, Q)
+    c = a.cumsum(-1)  # from the chunk's start
     drive = (x * dt[..., None]).transpose(2, 3)  # dt_s x_s, (batch, n, heads, Q, P)
 
     scores = C @ B.transpose(-1, -2)  # C_t . B_s, (batch, n, Q, Q)
-    y = (_decay_matrix(c) * scores[:, :, None]) @ drive  # within each chunk, (batch, n, heads, Q, P)
+    y = (_decay_matrix(a) * scores[:, :, None]) @ drive  # within each chunk, (batch, n, heads, Q, P)
 
     to_end = torch.exp(c[..., -1:] - c)  # exp(c_Q - c_s), (batch, n, heads, Q)
     chunk_states = (drive * to_end[..., None]).transpose(-1, -2) @ B[:, :, None]  # (batch, n, heads, P, N)
     totals = c[..., -1].transpose(1, 2)  # each chunk's whole log-decay, (batch, heads, n)
     # S_in of chunk k = sum_{j < k} exp(totals[j+1] + ... + totals[k-1]) chunk_states[j]
-    handed_on = _decay_matrix(totals.cumsum(-1))  # [k, j] = exp(sum of totals j+1 .. k) for j <= k
+    handed_on = _decay_matrix(totals)  # [k, j] = exp(totals[j+1] + ... + totals[k]) for j <= k
     incoming = torch.einsum("bhkj,bjhpn->bkhpn", handed_on[..., :-1, :], chunk_states)  # into chunks 1 .. n-1
     incoming = torch.cat([torch.zeros_like(chunk_states[:, :1]), incoming], 1)  # chunk 0 starts from zero
     y = y + torch.exp(c)[..., None] * (incoming @ C[:, :, None].transpose(-1, -2)).transpose(-1, -2)

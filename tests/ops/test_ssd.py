@@ -61,3 +61,17 @@ def stepped_double(x, dt, A, B, C):
         state = state * torch.exp(dt[:, t] * A)[..., None, None] + (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, None, None, :]
         out.append((state @ C[:, t, None, :, None]).squeeze(-1))
     return torch.stack(out, 1)
+
+
+def test_weak_decay_after_a_long_strong_one_keeps_its_precision():
+    """After 1024 steps of strong decay (log-decay -5 a step), the running sum of log-decays is
+    about -5000, where fp32 resolves only 5e-4: decays taken as differences of such sums would
+    err by that much in the weak-decay half that follows. Against the float64 recurrence: 1e-5."""
+    torch.manual_seed(0)
+    x, dt, A, B, C = random_inputs(batch=1, length=2048, heads=2, P=4, N=8)
+    dt[:, :1024], dt[:, 1024:] = 5.0, 1e-4
+    A = -torch.ones(2)
+    want = stepped_double(x.double(), dt.double(), A.double(), B.double(), C.double())
+    got = ssd_scan(x, dt, A, B, C, chunk=16)
+    late = slice(1100, None)
+    assert ((got[:, late] - want[:, late]).norm() / want[:, late].norm()).item() < 1e-5
