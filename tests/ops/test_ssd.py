@@ -16,8 +16,20 @@ def random_inputs(batch=2, length=13, heads=3, P=4, N=5):
 
 
 def stepped(x, dt, A, B, C):
+    """Generation's path: ``ssd_step`` once per sample, its state updated in place."""
     state = torch.zeros(x.shape[0], x.shape[2], x.shape[3], B.shape[-1])
     return torch.stack([ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t]) for t in range(x.shape[1])], 1)
+
+
+def stepped_double(x, dt, A, B, C):
+    """The recurrence written out of place, in float64, so that autograd can follow it."""
+    state = torch.zeros(x.shape[0], x.shape[2], x.shape[3], B.shape[-1], dtype=torch.float64)
+    out = []
+    for t in range(x.shape[1]):
+        drive = (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, None, None, :]
+        state = state * torch.exp(dt[:, t] * A)[..., None, None] + drive
+        out.append((state @ C[:, t, None, :, None]).squeeze(-1))
+    return torch.stack(out, 1)
 
 
 @pytest.mark.parametrize("length, chunk", [(1, 4), (4, 4), (13, 4), (13, 64), (40, 8)])
@@ -30,8 +42,7 @@ def test_the_chunked_scan_equals_the_recurrence(length, chunk):
 
 
 def test_long_sequences_with_strong_decay_stay_finite():
-    """exp(c_t - c_s) is formed only where s <= t: the masked entries, whose exponent is positive
-    and large, must not overflow into inf * 0 = nan."""
+    """The decay matrices' entries above the diagonal (s > t) must come out 0, not inf * 0 = nan."""
     x, dt, A, B, C = random_inputs(length=300)
     y = ssd_scan(x, dt * 40, A * 10, B, C, chunk=64)
     assert torch.isfinite(y).all()
@@ -49,18 +60,9 @@ def test_the_chunked_scans_gradients_equal_the_recurrences():
         return torch.autograd.grad((scan(*inputs) * weights).sum(), inputs)
 
     chunked = grads(lambda *t: ssd_scan(*t, chunk=4).double())
-    stepped_ = grads(lambda x, dt, A, B, C: stepped_double(x, dt, A, B, C))
-    for name, got, want in zip("x dt A B C".split(), chunked, stepped_):
+    recurrence = grads(stepped_double)
+    for name, got, want in zip("x dt A B C".split(), chunked, recurrence):
         assert ((got - want).norm() / want.norm()).item() < 1e-4, name
-
-
-def stepped_double(x, dt, A, B, C):
-    state = torch.zeros(x.shape[0], x.shape[2], x.shape[3], B.shape[-1], dtype=torch.float64)
-    out = []
-    for t in range(x.shape[1]):
-        state = state * torch.exp(dt[:, t] * A)[..., None, None] + (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, None, None, :]
-        out.append((state @ C[:, t, None, :, None]).squeeze(-1))
-    return torch.stack(out, 1)
 
 
 def test_weak_decay_after_a_long_strong_one_keeps_its_precision():
