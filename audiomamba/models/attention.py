@@ -56,6 +56,7 @@ class AttentionBlock(nn.Module):
         head_dim = d_model // heads
         self.register_buffer("inv_freq", 10000.0 ** (-torch.arange(0, head_dim, 2).float() / head_dim),
                              persistent=False)
+        self.register_buffer("slots", torch.arange(window), persistent=False)  # the ring buffer's slots
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
@@ -82,7 +83,7 @@ class AttentionBlock(nn.Module):
         keys.index_copy_(2, slot, k.float())
         values.index_copy_(2, slot, qkv[:, 2].float())
         scores = (keys @ q.float().transpose(-1, -2)).squeeze(-1) / math.sqrt(keys.shape[-1])  # (batch, heads, window)
-        written = torch.arange(self.window, device=x.device) <= position  # every slot once the window is full
+        written = self.slots <= position  # every slot once the window is full
         weights = torch.softmax(scores.masked_fill(~written, float("-inf")), dim=-1)
         y = (weights[:, :, None] @ values).squeeze(-2)  # (batch, heads, d)
         position.add_(1)
