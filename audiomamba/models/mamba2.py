@@ -26,7 +26,7 @@ from audiomamba.ops.ssd import ssd_scan, ssd_step
 def _gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm(y * silu(z)) over the last dimension, in fp32; returned in z's dtype."""
     gated = y.float() * F.silu(z.float())
-    return (gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(z.dtype)
+    return F.rms_norm(gated, gated.shape[-1:], weight.float(), eps).to(z.dtype)
 
 
 class Mamba2Block(nn.Module):
