@@ -7,9 +7,10 @@
     out = out_proj(RMSNorm(y * silu(z)))
 
 Next to Mamba (``mamba.py``): B and C come from the input projection, not from x, so one matmul
-makes every input of the scan; the state per head is (P, N), with larger N (64 here against 16)
-for about the same cost. The recurrent state is the conv buffer (batch, E + 2N, d_conv) and the
-SSM state (batch, heads, P, N), fp32.
+makes every input of the scan, and the decay is shared by a head's P channels, which lets the scan
+run as matrix products; the paper uses that to afford larger states (N = 64 here, Mamba's 16).
+The recurrent state is the conv buffer (batch, E + 2N, d_conv) and the SSM state (batch, heads,
+P, N), fp32.
 """
 from __future__ import annotations
 
