@@ -14,20 +14,32 @@ P, N), fp32.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from audiomamba.models.mamba import initial_dt_bias
 from audiomamba.models.step_cache import cached_for_steps
-from audiomamba.ops.causal_conv import causal_conv_silu, causal_conv_step_ref
-from audiomamba.ops.ssd import ssd_scan, ssd_step
+from audiomamba.ops.causal_conv import causal_conv_silu, in_proj_conv_step
+from audiomamba.ops.residual_linear import residual_linear
+from audiomamba.ops.ssd import ssd_gated_step, ssd_scan
 
 
 def _gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm(y * silu(z)) over the last dimension, in fp32; returned in z's dtype."""
     gated = y.float() * F.silu(z.float())
     return F.rms_norm(gated, gated.shape[-1:], weight.float(), eps).to(z.dtype)
+
+
+class StepWeights(NamedTuple):
+    """What the step reads, derived from the parameters once per generation (``cached_for_steps``)."""
+    in_proj: torch.Tensor  # (2E + 2N + heads, H): in_proj's rows as x, B, C (the conv's inputs), z, dt
+    dt_bias: torch.Tensor  # (heads,) fp32
+    A: torch.Tensor  # (heads,) fp32, -exp(A_log)
+    D: torch.Tensor  # (heads,) fp32
+    out_proj: torch.Tensor  # (H, E): out_proj's weight with the norm's weight multiplied into its columns
 
 
 class Mamba2Block(nn.Module):
@@ -72,15 +84,20 @@ class Mamba2Block(nn.Module):
         return (torch.zeros(batch, channels, self.conv.kernel_size[0], device=device),
                 torch.zeros(batch, self.heads, self.headdim, self.d_state, device=device))
 
-    def step(self, u: torch.Tensor, state) -> tuple[torch.Tensor, tuple]:
-        """u: (batch, H) -> (batch, H); the state tensors are updated in place and returned."""
+    def _step_weights(self) -> StepWeights:
+        z, xBC, dt = self._split(self.in_proj.weight.T)
+        return StepWeights(torch.cat([xBC.T, z.T, dt.T]), self.dt_bias.float(), -torch.exp(self.A_log.float()),
+                           self.D.float(), self.out_proj.weight * self.norm_weight)
+
+    def step(self, u: torch.Tensor, state, norm: nn.LayerNorm | None = None):
+        """u: (batch, H) -> (batch, H); the state tensors are updated in place and returned.
+
+        With ``norm``, u is the residual stream and the step returns u + block(norm(u)), as Mamba's
+        does: three kernels on CUDA (norm, in_proj and conv; the SSM step and gate; the RMS norm,
+        out_proj and residual add), each op's reference elsewhere."""
         conv_buf, ssm_state = state
-        E, N = self.heads * self.headdim, self.d_state
-        z, xBC, dt = self._split(F.linear(u, self.in_proj.weight))
-        xBC = causal_conv_step_ref(conv_buf, xBC, self.conv.weight[:, 0], self.conv.bias)
-        x, B, C = xBC.split([E, N, N], dim=-1)
-        x = x.unflatten(-1, (self.heads, self.headdim))
-        A = cached_for_steps(self, lambda: -torch.exp(self.A_log.float()))
-        dt = F.softplus(dt.float() + self.dt_bias.float())
-        y = ssd_step(ssm_state, x, dt, A, B, C) + self.D.float()[:, None] * x.float()
-        return self.out_proj.forward(_gated_rms_norm(y.flatten(-2), z, self.norm_weight, self.eps)), state
+        w = cached_for_steps(self, self._step_weights)
+        fused_norm = (norm.weight, norm.bias, norm.eps) if norm is not None else (None, None, 0.0)
+        xBC, zdt = in_proj_conv_step(u, conv_buf, w.in_proj, self.conv.weight[:, 0], self.conv.bias, *fused_norm)
+        y = ssd_gated_step(ssm_state, xBC, zdt, w.dt_bias, w.A, w.D)
+        return residual_linear(u if norm is not None else None, y.to(w.out_proj.dtype), w.out_proj, self.eps), state

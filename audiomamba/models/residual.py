@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from audiomamba.models.mamba import MambaBlock
+from audiomamba.models.mamba2 import Mamba2Block
 
 
 class ResidualBlock(nn.Module):
@@ -24,7 +25,7 @@ class ResidualBlock(nn.Module):
 
     def step(self, x: torch.Tensor, state):
         block = self.block
-        if isinstance(block, MambaBlock):  # it fuses the norm and the residual add into its step's kernels
+        if isinstance(block, (MambaBlock, Mamba2Block)):  # they fuse the norm and the residual add into their steps' kernels
             return block.step(x, state, norm=self.norm)
         y, state = block.step(self.norm.forward(x), state)
         return x + y, state

@@ -6,6 +6,9 @@ step up to the scan (the optional pre-norm, in_proj, and the conv's step with si
     u <- LayerNorm(u) (when the block's residual norm is fused in);   x, z = in_proj(u)
     conv_buf <- [conv_buf[..., 1:], x];   x = silu(sum_k conv_buf[..., k] * weight[:, k] + bias)
 
+x is in_proj's first rows, as many as the conv has channels, and z the rest: Mamba's gate, or
+Mamba-2's gate and step sizes (whose x also holds B and C).
+
 For CUDA tensors, when the kernels are importable, ``causal_conv_silu`` runs Triton kernels
 (forward and backward) and ``in_proj_conv_step`` one kernel (instead of a norm, a GEMM and the
 conv's seven small kernels); otherwise each runs its reference here.
@@ -43,12 +46,14 @@ def causal_conv_step_ref(conv_buf: torch.Tensor, x: torch.Tensor, weight: torch.
 def in_proj_conv_step_ref(u: torch.Tensor, conv_buf: torch.Tensor, in_proj_weight: torch.Tensor,
                           conv_weight: torch.Tensor, conv_bias: torch.Tensor, norm_weight: torch.Tensor | None = None,
                           norm_bias: torch.Tensor | None = None, norm_eps: float = 1e-5):
-    """u: (batch, H); conv_buf: (batch, E, width), updated in place; in_proj_weight: (2E, H);
+    """u: (batch, H); conv_buf: (batch, E, width), updated in place; in_proj_weight: (E + F, H);
     conv_weight: (E, width); conv_bias: (E,); norm_weight, norm_bias: (H,) for a LayerNorm first,
-    or None. Returns (x, z), each (batch, E) in u's dtype: the conv's output after silu, and the gate."""
+    or None. Returns x (batch, E), the conv's output after silu, and z (batch, F), in_proj's other
+    outputs, both in u's dtype."""
     if norm_weight is not None:
         u = F.layer_norm(u, u.shape[-1:], norm_weight, norm_bias, norm_eps)
-    x, z = F.linear(u, in_proj_weight).chunk(2, dim=-1)
+    E = conv_buf.shape[1]
+    x, z = F.linear(u, in_proj_weight).split([E, in_proj_weight.shape[0] - E], dim=-1)
     return causal_conv_step_ref(conv_buf, x, conv_weight, conv_bias).to(u.dtype), z
 
 

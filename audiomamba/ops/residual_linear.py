@@ -1,5 +1,6 @@
 """A linear layer with the residual add: ``u + y @ weight.T``, the back of Mamba's generation step
-(out_proj, then the residual block's add).
+(out_proj, then the residual block's add); with ``rms_eps``, y is RMS-normalised first, as
+Mamba-2's step needs (its norm's weight folded into ``weight``'s columns).
 
 ``residual_linear`` runs one Triton kernel for CUDA tensors when the kernels are importable (at
 batch 256, cuBLAS picks an fp32 GEMM of two thread blocks for out_proj, then a separate add) and
@@ -13,13 +14,18 @@ import torch.nn.functional as F
 from audiomamba.ops import triton_kernels
 
 
-def residual_linear_ref(u: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """u: (batch, H); y: (batch, K); weight: (H, K). Returns u + y @ weight.T, (batch, H)."""
-    return u + F.linear(y, weight)
+def residual_linear_ref(u: torch.Tensor | None, y: torch.Tensor, weight: torch.Tensor,
+                        rms_eps: float | None = None) -> torch.Tensor:
+    """u: (batch, H), or None for no residual; y: (batch, K); weight: (H, K). Returns u + y @ weight.T,
+    (batch, H); with ``rms_eps``, y / sqrt(mean(y^2) + rms_eps) (per row, in fp32) in place of y."""
+    if rms_eps is not None:
+        y = F.rms_norm(y.float(), y.shape[-1:], eps=rms_eps).to(y.dtype)
+    out = F.linear(y, weight)
+    return out if u is None else u + out
 
 
-def residual_linear(u, y, weight):
+def residual_linear(u, y, weight, rms_eps=None):
     """One kernel on CUDA when available; see :func:`residual_linear_ref`."""
-    kernels = triton_kernels.load("residual_linear") if u.is_cuda else None
+    kernels = triton_kernels.load("residual_linear") if y.is_cuda else None
     fn = kernels.residual_linear if kernels else residual_linear_ref
-    return fn(u, y, weight)
+    return fn(u, y, weight, rms_eps)

@@ -15,12 +15,15 @@ state the chunk starts from:
 The first sum is a (Q, Q) lower-triangular matrix times the chunk's inputs (the "attention" form);
 the states handed from chunk to chunk are one more such product over the chunks. Everything is
 matmuls in fp32: no sequential loop, on any device. ``ssd_step`` is the recurrence itself, one
-sample at a time, for generation.
+sample at a time, for generation; ``ssd_gated_step`` is the block's step around it, from the conv's
+outputs to the gated output (one Triton kernel on CUDA when the kernels are importable).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from audiomamba.ops import triton_kernels
 
 CHUNK = 64  # steps per chunk: (Q, Q) products in the chunk, (L/Q, L/Q) across chunks
 
@@ -70,3 +73,23 @@ def ssd_step(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Te
     x, dt, B, C = x.float(), dt.float(), B.float(), C.float()
     state.mul_(torch.exp(dt * A)[..., None, None]).add_((dt[..., None] * x)[..., None] * B[:, None, None, :])
     return (state @ C[:, None, :, None]).squeeze(-1)
+
+
+def ssd_gated_step_ref(state: torch.Tensor, xBC: torch.Tensor, zdt: torch.Tensor, dt_bias: torch.Tensor,
+                       A: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """Mamba-2's step between its conv and its norm. state: (batch, heads, P, N) fp32, updated in
+    place; xBC: (batch, E + 2N), the conv's outputs x (E = heads x P), B and C; zdt: (batch, E +
+    heads), the gate z and the step sizes before softplus; dt_bias, A, D: (heads,) fp32.
+    Returns (y + D x) silu(z), (batch, E) fp32, y from ``ssd_step`` with dt = softplus(dt + dt_bias)."""
+    batch, heads, P, N = state.shape
+    x, B, C = xBC.float().split([heads * P, N, N], dim=-1)
+    z, dt = zdt.float().split([heads * P, heads], dim=-1)
+    x = x.unflatten(-1, (heads, P))
+    y = ssd_step(state, x, F.softplus(dt + dt_bias), A, B, C) + D[:, None] * x
+    return y.flatten(1) * F.silu(z)
+
+
+def ssd_gated_step(state, xBC, zdt, dt_bias, A, D):
+    """One kernel on CUDA when available; see :func:`ssd_gated_step_ref`."""
+    kernels = triton_kernels.load("ssd_step") if state.is_cuda else None
+    return (kernels.ssd_gated_step if kernels else ssd_gated_step_ref)(state, xBC, zdt, dt_bias, A, D)

@@ -17,9 +17,9 @@ the outer stage (``kernels/bench_conv.py``, BENCHMARKS.md).
 step and silu.
 
 Same contract as ``audiomamba.ops.causal_conv.in_proj_conv_step_ref`` (the test oracle). Each
-program takes BM batch rows and BE channels: it normalises its rows (a few hundred values each,
-recomputed by every channel block), multiplies them with its channels' rows of in_proj (x and z
-halves) by ``tl.dot`` on tensor cores in 3xTF32 (fp32 accuracy; with plain IEEE fp32 dots the
+program takes BM batch rows and channel block BE of both outputs (x: the E conv channels; z: the F
+others): it normalises its rows (a few hundred values each, recomputed by every channel block),
+multiplies them with its channels' rows of in_proj by ``tl.dot`` on tensor cores in 3xTF32 (fp32 accuracy; with plain IEEE fp32 dots the
 kernel was slower than the three it replaced: 10 against about 7 us at batch 1), then steps the
 conv for its (row, channel) pairs: it reads their taps, and after a barrier (the shift writes
 where other taps were read) writes them back one place older with the new input last. With
@@ -156,15 +156,16 @@ def causal_conv_silu(x, weight, bias):
 
 @triton.jit
 def _in_proj_conv_step(u_ptr, norm_w_ptr, norm_b_ptr, w_ptr, buf_ptr, conv_w_ptr, conv_b_ptr, x_ptr, z_ptr,
-                       batch, H, E, eps, HAS_NORM: tl.constexpr, WIDTH: tl.constexpr, H_PAD: tl.constexpr,
+                       batch, H, E, F, eps, HAS_NORM: tl.constexpr, WIDTH: tl.constexpr, H_PAD: tl.constexpr,
                        BM: tl.constexpr, BE: tl.constexpr, PDL: tl.constexpr):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     e = tl.program_id(1) * BE + tl.arange(0, BE)
     h = tl.arange(0, H_PAD)
-    row_ok, e_ok, h_ok = rows < batch, e < E, h < H
-    w_ok = e_ok[:, None] & h_ok[None, :]  # in_proj weight (2E, H): (BE, H) tiles, read along H
-    w_x = tl.load(w_ptr + e[:, None] * H + h[None, :], mask=w_ok, other=0.0).to(tl.float32)
-    w_z = tl.load(w_ptr + (E + e[:, None]) * H + h[None, :], mask=w_ok, other=0.0).to(tl.float32)
+    row_ok, e_ok, f_ok, h_ok = rows < batch, e < E, e < F, h < H
+    # in_proj weight (E + F, H): (BE, H) tiles of x's rows and of z's, read along H
+    w_x = tl.load(w_ptr + e[:, None] * H + h[None, :], mask=e_ok[:, None] & h_ok[None, :], other=0.0).to(tl.float32)
+    w_z = tl.load(w_ptr + (E + e[:, None]) * H + h[None, :], mask=f_ok[:, None] & h_ok[None, :],
+                  other=0.0).to(tl.float32)
     if HAS_NORM:
         norm_w = tl.load(norm_w_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
         norm_b = tl.load(norm_b_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
@@ -190,7 +191,7 @@ def _in_proj_conv_step(u_ptr, norm_w_ptr, norm_b_ptr, w_ptr, buf_ptr, conv_w_ptr
         tl.store(buf_ptr + pair * WIDTH + k, tap, mask=ok)
     tl.store(buf_ptr + pair * WIDTH + WIDTH - 1, x.to(buf_ptr.dtype.element_ty), mask=ok)
     tl.store(x_ptr + pair, (acc * tl.sigmoid(acc)).to(x_ptr.dtype.element_ty), mask=ok)
-    tl.store(z_ptr + pair, z.to(z_ptr.dtype.element_ty), mask=ok)
+    tl.store(z_ptr + rows[:, None] * F + e[None, :], z.to(z_ptr.dtype.element_ty), mask=row_ok[:, None] & f_ok[None, :])
 
 
 def in_proj_conv_step(u, conv_buf, in_proj_weight, conv_weight, conv_bias, norm_weight=None, norm_bias=None,
@@ -200,13 +201,14 @@ def in_proj_conv_step(u, conv_buf, in_proj_weight, conv_weight, conv_bias, norm_
         raise ValueError("the conv buffer must be contiguous (it is updated in place)")
     batch, H = u.shape
     E, width = conv_buf.shape[1], conv_buf.shape[2]
+    F = in_proj_weight.shape[0] - E
     u, in_proj_weight, conv_weight = u.contiguous(), in_proj_weight.contiguous(), conv_weight.contiguous()
     x = torch.empty(batch, E, device=u.device, dtype=u.dtype)
-    z = torch.empty_like(x)
+    z = torch.empty(batch, F, device=u.device, dtype=u.dtype)
     has_norm = norm_weight is not None
     pdl = launch_options(u)
-    _in_proj_conv_step[(triton.cdiv(batch, BM), triton.cdiv(E, BE))](
+    _in_proj_conv_step[(triton.cdiv(batch, BM), triton.cdiv(max(E, F), BE))](
         u, norm_weight if has_norm else u, norm_bias if has_norm else u, in_proj_weight, conv_buf, conv_weight,
-        conv_bias, x, z, batch, H, E, norm_eps, HAS_NORM=has_norm, WIDTH=width,
+        conv_bias, x, z, batch, H, E, F, norm_eps, HAS_NORM=has_norm, WIDTH=width,
         H_PAD=max(16, triton.next_power_of_2(H)), BM=BM, BE=BE, PDL=bool(pdl), **pdl)
     return x, z

@@ -1,5 +1,5 @@
-"""The fused front of Mamba's step (pre-norm, in_proj, causal-conv step, silu) against its PyTorch
-reference, on fresh random inputs, over more steps than the conv is wide. On the GPU when there
+"""The fused front of Mamba's and Mamba-2's steps (pre-norm, in_proj, causal-conv step, silu) against
+its PyTorch reference, on fresh random inputs, over more steps than the conv is wide. On the GPU when there
 is one, else under the Triton interpreter. Tolerance: relative L2 error <= 1e-5 for the outputs
 and the conv buffer (fp32; only the order of the sums differs)."""
 import pytest
@@ -10,20 +10,22 @@ from tests.kernels.test_selective_scan_kernels import DEVICE, rel_err
 
 kernels = pytest.importorskip("audiomamba_kernels.causal_conv")
 
-SHAPES = [(1, 8, 5, 4), (3, 12, 40, 4), (18, 20, 33, 2)]  # (batch, H, E, width): rows and channels cross programs
+# (batch, H, E conv channels, F other outputs, width): rows and channels cross programs; Mamba has
+# F = E, Mamba-2 more conv channels (x, B, C) than others (z, dt), and F > E is allowed too
+SHAPES = [(1, 8, 5, 5, 4), (3, 12, 40, 40, 4), (18, 20, 33, 33, 2), (2, 16, 72, 37, 4), (3, 8, 6, 45, 4)]
 if torch.cuda.is_available():
-    SHAPES += [(256, 64, 128, 4), (17, 256, 512, 4)]
+    SHAPES += [(256, 64, 128, 128, 4), (17, 256, 512, 512, 4), (5, 64, 256, 132, 4)]
 
 
 @pytest.mark.parametrize("with_norm", [True, False])
-@pytest.mark.parametrize("batch, H, E, width", SHAPES)
-def test_fused_front_matches_the_reference_and_shifts_the_buffer_alike(batch, H, E, width, with_norm):
+@pytest.mark.parametrize("batch, H, E, F, width", SHAPES)
+def test_fused_front_matches_the_reference_and_shifts_the_buffer_alike(batch, H, E, F, width, with_norm):
     g = torch.Generator().manual_seed(torch.seed() % 2**31)
 
     def rand(*shape):
         return torch.randn(*shape, generator=g).to(DEVICE)
 
-    in_w, conv_w, conv_b = rand(2 * E, H) / H**0.5, rand(E, width), rand(E)
+    in_w, conv_w, conv_b = rand(E + F, H) / H**0.5, rand(E, width), rand(E)
     norm = (rand(H), rand(H), 1e-5) if with_norm else (None, None, 1e-5)
     buf = rand(batch, E, width)
     ref_buf = buf.clone()
@@ -31,6 +33,7 @@ def test_fused_front_matches_the_reference_and_shifts_the_buffer_alike(batch, H,
         u = rand(batch, H) * 3 + 1  # a mean and a scale for the norm to remove
         x, z = kernels.in_proj_conv_step(u, buf, in_w, conv_w, conv_b, *norm)
         x_ref, z_ref = in_proj_conv_step_ref(u, ref_buf, in_w, conv_w, conv_b, *norm)
+        assert x.shape == (batch, E) and z.shape == (batch, F)
         assert rel_err(x, x_ref) <= 1e-5 and rel_err(z, z_ref) <= 1e-5 and rel_err(buf, ref_buf) <= 1e-5
 
 

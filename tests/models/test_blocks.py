@@ -37,8 +37,9 @@ def test_stepping_equals_the_parallel_forward(kind):
     assert ((got - want).norm() / want.norm()).item() < 1e-5
 
 
-def test_mamba_step_given_the_norm_is_the_whole_residual_step():
-    block = make_block("mamba", 12, CFG).eval()  # the residual wrapper's norm and add, fused in the block
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+def test_a_mamba_step_given_the_norm_is_the_whole_residual_step(kind):
+    block = make_block(kind, 12, CFG).eval()  # the residual wrapper's norm and add, fused in the block
     x = torch.randn(3, 12)
     with torch.no_grad():
         fused = block.block.step(x, block.initial_state(3), norm=block.norm)[0]
