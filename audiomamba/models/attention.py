@@ -1,45 +1,18 @@
 """Causal self-attention over a sliding window, for hybrids of attention and state-space blocks.
 
 Each position attends to the last ``window`` positions, itself included, with rotary position
-embeddings (RoPE: queries and keys rotated by their absolute position, so that their dot products
-depend on the offset only). A sliding window keeps generation O(window) per sample in fixed
-memory, as a recurrent block's state is: ``step`` keeps the window's keys and values in a ring
-buffer. Training computes the window in blocks of ``window`` queries, each against the keys of its
-own block and the one before, so memory grows with length x window, not length^2.
+embeddings (``audiomamba.ops.attention``). A sliding window keeps generation O(window) per sample
+in fixed memory, as a recurrent block's state is: ``step`` keeps the window's keys and values in a
+ring buffer.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """RoPE: x (..., T, d) rotated pairwise (i, i + d/2) by positions (T,) times inv_freq (d/2,)."""
-    angles = positions.float()[:, None] * inv_freq  # (T, d/2), the same arithmetic in forward and step
-    cos, sin = angles.cos(), angles.sin()
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
-
-
-def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
-    """q, k, v: (batch, heads, L, d) -> (batch, heads, L, d): query t attends to keys t - window + 1 .. t."""
-    length = q.shape[2]
-    if length <= window:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    W = window
-    blocks = math.ceil(length / W)
-    pad = blocks * W - length  # padded queries come last and are dropped; padded keys only they can see
-    q = F.pad(q, (0, 0, 0, pad)).unflatten(2, (blocks, W))  # (batch, heads, blocks, W, d)
-    k, v = (F.pad(t, (0, 0, W, pad)).unfold(2, 2 * W, W).transpose(-1, -2) for t in (k, v))  # (.., blocks, 2W, d)
-    # Query i of block b is position bW + i; key j of its 2W keys is position bW - W + j.
-    i, j = torch.arange(W, device=q.device)[:, None], torch.arange(2 * W, device=q.device)
-    in_window = (j > i) & (j <= i + W)  # 0 <= query - key < W
-    mask = in_window.repeat(blocks, 1, 1)
-    mask[0] &= j >= W  # block 0's first W keys are padding before position 0
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).flatten(2, 3)[:, :, :length]
+from audiomamba.ops.attention import attention_step, rotate, windowed_attention
+from audiomamba.ops.residual_linear import residual_linear
 
 
 class AttentionBlock(nn.Module):
@@ -56,7 +29,6 @@ class AttentionBlock(nn.Module):
         head_dim = d_model // heads
         self.register_buffer("inv_freq", 10000.0 ** (-torch.arange(0, head_dim, 2).float() / head_dim),
                              persistent=False)
-        self.register_buffer("slots", torch.arange(window), persistent=False)  # the ring buffer's slots
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
@@ -73,18 +45,13 @@ class AttentionBlock(nn.Module):
         return (torch.zeros(cache, device=device), torch.zeros(cache, device=device),
                 torch.zeros(1, dtype=torch.long, device=device))
 
-    def step(self, x: torch.Tensor, state) -> tuple[torch.Tensor, tuple]:
-        """x: (batch, H) -> (batch, H); the state tensors are updated in place and returned. The
-        position lives on the device, so a CUDA graph of the step replays at any position."""
+    def step(self, u: torch.Tensor, state, norm: nn.LayerNorm | None = None) -> tuple[torch.Tensor, tuple]:
+        """u: (batch, H) -> (batch, H); the state tensors are updated in place and returned. The
+        position lives on the device, so a CUDA graph of the step replays at any position. With
+        ``norm``, u is the residual stream and the step returns u + block(norm(u)), the add fused
+        into out_proj's kernel on CUDA."""
         keys, values, position = state
-        qkv = F.linear(x, self.qkv.weight).view(x.shape[0], 3, self.heads, 1, -1)  # (batch, 3, heads, 1, d)
-        q, k = rotate(qkv[:, :2], position, self.inv_freq).unbind(1)  # (batch, heads, 1, d)
-        slot = position % self.window
-        keys.index_copy_(2, slot, k.float())
-        values.index_copy_(2, slot, qkv[:, 2].float())
-        scores = (keys @ q.float().transpose(-1, -2)).squeeze(-1) / math.sqrt(keys.shape[-1])  # (batch, heads, window)
-        written = self.slots <= position  # every slot once the window is full
-        weights = torch.softmax(scores.masked_fill(~written, float("-inf")), dim=-1)
-        y = (weights[:, :, None] @ values).squeeze(-2)  # (batch, heads, d)
+        qkv = F.linear(u if norm is None else norm.forward(u), self.qkv.weight)
+        y = attention_step(keys, values, position, qkv, self.inv_freq)
         position.add_(1)
-        return self.out_proj.forward(y.flatten(1).to(x.dtype)), state
+        return residual_linear(None if norm is None else u, y.to(u.dtype), self.out_proj.weight), state

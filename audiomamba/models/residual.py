@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from audiomamba.models.attention import AttentionBlock
 from audiomamba.models.mamba import MambaBlock
 from audiomamba.models.mamba2 import Mamba2Block
 
@@ -25,7 +26,7 @@ class ResidualBlock(nn.Module):
 
     def step(self, x: torch.Tensor, state):
         block = self.block
-        if isinstance(block, (MambaBlock, Mamba2Block)):  # they fuse the norm and the residual add into their steps' kernels
+        if isinstance(block, (MambaBlock, Mamba2Block, AttentionBlock)):  # they fuse the norm and the residual add
             return block.step(x, state, norm=self.norm)
         y, state = block.step(self.norm.forward(x), state)
         return x + y, state
