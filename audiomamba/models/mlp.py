@@ -20,6 +20,8 @@ class MLPBlock(nn.Module):
     def initial_state(self, batch: int, device=None) -> None:
         return None
 
-    def step(self, x: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
-        """x: (batch, H) -> (batch, H)."""
-        return self.forward(x), state
+    def step(self, u: torch.Tensor, state: None, norm: nn.LayerNorm | None = None) -> tuple[torch.Tensor, None]:
+        """u: (batch, H) -> (batch, H); with ``norm``, u is the residual stream and the step returns
+        u + block(norm(u)), as every block's does."""
+        y = self.forward(u if norm is None else norm.forward(u))
+        return (y if norm is None else u + y), state

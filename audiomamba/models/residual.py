@@ -4,10 +4,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from audiomamba.models.attention import AttentionBlock
-from audiomamba.models.mamba import MambaBlock
-from audiomamba.models.mamba2 import Mamba2Block
-
 
 class ResidualBlock(nn.Module):
     """Wraps any block with ``forward``, ``initial_state`` and ``step``; shapes are the block's."""
@@ -25,8 +21,6 @@ class ResidualBlock(nn.Module):
         return self.block.initial_state(batch, device)
 
     def step(self, x: torch.Tensor, state):
-        block = self.block
-        if isinstance(block, (MambaBlock, Mamba2Block, AttentionBlock)):  # they fuse the norm and the residual add
-            return block.step(x, state, norm=self.norm)
-        y, state = block.step(self.norm.forward(x), state)
-        return x + y, state
+        """Every block's step takes the norm and returns x + block(norm(x)), so that on CUDA it can
+        fuse the norm into its first kernel and the add into its last."""
+        return self.block.step(x, state, norm=self.norm)

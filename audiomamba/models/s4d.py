@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from audiomamba.models.step_cache import cached_for_steps
+from audiomamba.ops.residual_linear import residual_linear
+from audiomamba.ops.s4d_step import s4d_step
 
 
 class S4DBlock(nn.Module):
@@ -80,12 +82,16 @@ class S4DBlock(nn.Module):
         H, M = self.C.shape[:2]
         return torch.zeros(batch, H, M + 1, dtype=torch.complex64, device=device)
 
-    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (batch, H) -> y: (batch, H); state (batch, H, N/2 + 1) is updated in place and returned."""
+    def step(self, u: torch.Tensor, state: torch.Tensor, norm: nn.LayerNorm | None = None):
+        """u: (batch, H) -> (batch, H); state (batch, H, N/2 + 1) is updated in place and returned.
+
+        With ``norm``, u is the residual stream and the step returns u + block(norm(u)): on CUDA two
+        kernels (the norm, recurrence, readout and GELU; out_proj, GLU and the residual add)."""
         dA, out_weight = cached_for_steps(self, self._step_matrices)
-        state.mul_(dA).add_(x.float().unsqueeze(-1))
-        y = (out_weight * state).sum(-1).real  # few ops: a CPU step is overhead-bound
-        return self._output(y.to(x.dtype)), state
+        fused_norm = (norm.weight, norm.bias, norm.eps) if norm is not None else (None, None, 0.0)
+        y = s4d_step(state, u, dA, out_weight, *fused_norm)
+        return residual_linear(None if norm is None else u, y.to(u.dtype), self.out_proj.weight,
+                               bias=self.out_proj.bias, glu=True), state
 
     def _step_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(dA, out_weight), each (H, N/2 + 1) complex64: the recurrence, and the readout 2 C dB

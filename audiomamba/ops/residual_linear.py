@@ -1,6 +1,7 @@
-"""A linear layer with the residual add: ``u + y @ weight.T``, the back of Mamba's generation step
-(out_proj, then the residual block's add); with ``rms_eps``, y is RMS-normalised first, as
-Mamba-2's step needs (its norm's weight folded into ``weight``'s columns).
+"""A linear layer with the residual add: ``u + y @ weight.T``, the back of a block's generation step
+(out_proj, then the residual block's add). Options cover every block's out_proj: ``rms_eps``
+RMS-normalises y first (Mamba-2, its norm's weight folded into ``weight``'s columns); ``bias`` and
+``glu`` (the first half of the outputs times the sigmoid of the second) make S4D's.
 
 ``residual_linear`` runs one Triton kernel for CUDA tensors when the kernels are importable (at
 batch 256, cuBLAS picks an fp32 GEMM of two thread blocks for out_proj, then a separate add) and
@@ -14,18 +15,22 @@ import torch.nn.functional as F
 from audiomamba.ops import triton_kernels
 
 
-def residual_linear_ref(u: torch.Tensor | None, y: torch.Tensor, weight: torch.Tensor,
-                        rms_eps: float | None = None) -> torch.Tensor:
-    """u: (batch, H), or None for no residual; y: (batch, K); weight: (H, K). Returns u + y @ weight.T,
-    (batch, H); with ``rms_eps``, y / sqrt(mean(y^2) + rms_eps) (per row, in fp32) in place of y."""
+def residual_linear_ref(u: torch.Tensor | None, y: torch.Tensor, weight: torch.Tensor, rms_eps: float | None = None,
+                        bias: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
+    """u: (batch, H), or None for no residual; y: (batch, K); weight: (H, K), or (2H, K) with
+    ``glu``; bias: like weight's rows, or None. Returns u + out (batch, H), where out = y @ weight.T
+    + bias, or glu(out) with ``glu``; with ``rms_eps``, y / sqrt(mean(y^2) + rms_eps) (per row, in
+    fp32) stands in for y."""
     if rms_eps is not None:
         y = F.rms_norm(y.float(), y.shape[-1:], eps=rms_eps).to(y.dtype)
-    out = F.linear(y, weight)
+    out = F.linear(y, weight, bias)
+    if glu:
+        out = F.glu(out, dim=-1)
     return out if u is None else u + out
 
 
-def residual_linear(u, y, weight, rms_eps=None):
+def residual_linear(u, y, weight, rms_eps=None, bias=None, glu=False):
     """One kernel on CUDA when available; see :func:`residual_linear_ref`."""
     kernels = triton_kernels.load("residual_linear") if y.is_cuda else None
     fn = kernels.residual_linear if kernels else residual_linear_ref
-    return fn(u, y, weight, rms_eps)
+    return fn(u, y, weight, rms_eps, bias, glu)

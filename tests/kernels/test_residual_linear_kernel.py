@@ -15,13 +15,24 @@ if torch.cuda.is_available():
     SHAPES += [(256, 64, 128), (1024, 256, 512)]
 
 
-@pytest.mark.parametrize("rms_eps", [None, 1e-5])
-@pytest.mark.parametrize("residual", [True, False])
+# every block's out_proj: Mamba's (residual), Mamba-2's (RMS norm), S4D's (bias and GLU), and bare
+VARIANTS = {"mamba": (True, None, False, False), "mamba2": (True, 1e-5, False, False),
+            "s4d": (True, None, True, True), "bare": (False, None, False, False),
+            "all": (False, 1e-5, True, True), "bias": (True, None, True, False)}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("batch, H, K", SHAPES)
-def test_fused_linear_matches_the_reference(batch, H, K, residual, rms_eps):
+def test_fused_linear_matches_the_reference(batch, H, K, variant):
+    residual, rms_eps, with_bias, glu = VARIANTS[variant]
     g = torch.Generator().manual_seed(torch.seed() % 2**31)
-    u, y, w = (torch.randn(*shape, generator=g).to(DEVICE) for shape in ((batch, H), (batch, K), (H, K)))
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(DEVICE)
+
+    outputs = 2 * H if glu else H
+    u, y, w, bias = rand(batch, H), rand(batch, K), rand(outputs, K), rand(outputs)
     y = y * torch.rand(batch, 1, generator=g).to(DEVICE) * 5  # rows of different scales for the norm
-    u = u if residual else None
-    got, want = kernels.residual_linear(u, y, w, rms_eps), residual_linear_ref(u, y, w, rms_eps)
+    args = (u if residual else None, y, w, rms_eps, bias if with_bias else None, glu)
+    got, want = kernels.residual_linear(*args), residual_linear_ref(*args)
     assert got.shape == want.shape == (batch, H) and rel_err(got, want) <= 1e-5

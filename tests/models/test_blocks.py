@@ -37,8 +37,8 @@ def test_stepping_equals_the_parallel_forward(kind):
     assert ((got - want).norm() / want.norm()).item() < 1e-5
 
 
-@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
-def test_a_mamba_step_given_the_norm_is_the_whole_residual_step(kind):
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_step_given_the_norm_is_the_whole_residual_step(kind):
     block = make_block(kind, 12, CFG).eval()  # the residual wrapper's norm and add, fused in the block
     x = torch.randn(3, 12)
     with torch.no_grad():
