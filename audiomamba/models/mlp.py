@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from audiomamba.ops.residual_linear import residual_linear
+
 
 class MLPBlock(nn.Module):
     """(batch, length, H) -> (batch, length, H), each position independently."""
@@ -22,6 +24,8 @@ class MLPBlock(nn.Module):
 
     def step(self, u: torch.Tensor, state: None, norm: nn.LayerNorm | None = None) -> tuple[torch.Tensor, None]:
         """u: (batch, H) -> (batch, H); with ``norm``, u is the residual stream and the step returns
-        u + block(norm(u)), as every block's does."""
-        y = self.forward(u if norm is None else norm.forward(u))
-        return (y if norm is None else u + y), state
+        u + block(norm(u)), as every block's does: on CUDA the norm, then two kernels (fc_in with
+        GELU; fc_out with the residual add)."""
+        hidden = residual_linear(None, u if norm is None else norm.forward(u), self.fc_in.weight,
+                                 bias=self.fc_in.bias, activation="gelu")
+        return residual_linear(None if norm is None else u, hidden, self.fc_out.weight, bias=self.fc_out.bias), state

@@ -91,7 +91,7 @@ class S4DBlock(nn.Module):
         fused_norm = (norm.weight, norm.bias, norm.eps) if norm is not None else (None, None, 0.0)
         y = s4d_step(state, u, dA, out_weight, *fused_norm)
         return residual_linear(None if norm is None else u, y.to(u.dtype), self.out_proj.weight,
-                               bias=self.out_proj.bias, glu=True), state
+                               bias=self.out_proj.bias, activation="glu"), state
 
     def _step_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(dA, out_weight), each (H, N/2 + 1) complex64: the recurrence, and the readout 2 C dB

@@ -2,8 +2,8 @@
 
 Same contract as ``audiomamba.ops.s4d_step.s4d_step_ref`` (the test oracle). One program per
 (batch row, BH channels): it normalises its row (recomputed by every channel block, as the front
-kernel of Mamba's step does), advances its channels' complex modes, held as (real, imaginary)
-pairs of the complex64 tensors' storage, and sums their readout, all in fp32.
+kernel of Mamba's step does), advances its channels' complex modes, loaded as (channels, modes, 2) tiles of the complex64
+tensors' (real, imaginary) pairs and split, and sums their readout, all in fp32.
 """
 from __future__ import annotations
 
@@ -22,11 +22,14 @@ def _s4d_step(state_ptr, u_ptr, dA_ptr, w_ptr, norm_w_ptr, norm_b_ptr, y_ptr, H,
     b = tl.program_id(0)
     c = tl.program_id(1) * BH + tl.arange(0, BH)
     m = tl.arange(0, M_PAD)
+    part = tl.arange(0, 2)
     c_ok = c < H
     ok = c_ok[:, None] & (m < M)[None, :]
-    mode = (c[:, None] * M + m[None, :]) * 2  # (real, imaginary) of (H, M) complex64
-    dA_re, dA_im = tl.load(dA_ptr + mode, mask=ok, other=0.0), tl.load(dA_ptr + mode + 1, mask=ok, other=0.0)
-    w_re, w_im = tl.load(w_ptr + mode, mask=ok, other=0.0), tl.load(w_ptr + mode + 1, mask=ok, other=0.0)
+    # (real, imaginary) pairs of (H, M) complex64, loaded as (BH, M_PAD, 2) tiles: contiguous pairs
+    mode = (c[:, None, None] * M + m[None, :, None]) * 2 + part[None, None, :]
+    pair_ok = ok[:, :, None] & (part < 2)[None, None, :]
+    dA_re, dA_im = tl.split(tl.load(dA_ptr + mode, mask=pair_ok, other=0.0))
+    w_re, w_im = tl.split(tl.load(w_ptr + mode, mask=pair_ok, other=0.0))
     if HAS_NORM:
         norm_w = tl.load(norm_w_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
         norm_b = tl.load(norm_b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
@@ -40,10 +43,9 @@ def _s4d_step(state_ptr, u_ptr, dA_ptr, w_ptr, norm_w_ptr, norm_b_ptr, y_ptr, H,
         centred = tl.where(h < H, row - mean, 0.0)
         x = (x - mean) / tl.sqrt(tl.sum(centred * centred, 0) / H + eps) * norm_w + norm_b
     cell = state_ptr + b * H * M * 2 + mode
-    h_re, h_im = tl.load(cell, mask=ok, other=0.0), tl.load(cell + 1, mask=ok, other=0.0)
+    h_re, h_im = tl.split(tl.load(cell, mask=pair_ok, other=0.0))
     h_re, h_im = dA_re * h_re - dA_im * h_im + x[:, None], dA_re * h_im + dA_im * h_re
-    tl.store(cell, h_re, mask=ok)
-    tl.store(cell + 1, h_im, mask=ok)
+    tl.store(cell, tl.join(h_re, h_im), mask=pair_ok)
     y = tl.sum(w_re * h_re - w_im * h_im, 1)
     tl.store(y_ptr + b * H + c, 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476)), mask=c_ok)
 
