@@ -2,8 +2,10 @@
 
 Same contract as ``audiomamba.ops.s4d_step.s4d_step_ref`` (the test oracle). One program per
 (batch row, BH channels): it normalises its row (recomputed by every channel block, as the front
-kernel of Mamba's step does), advances its channels' complex modes, loaded as (channels, modes, 2) tiles of the complex64
-tensors' (real, imaginary) pairs and split, and sums their readout, all in fp32.
+kernel of Mamba's step does), advances its channels' complex modes and sums their readout, all in
+fp32. The complex64 tensors are read as (channels, modes, 2) tiles of their (real, imaginary)
+pairs, then split: reading the two parts as separate strided tiles took up to 1.9x as long
+(BENCHMARKS.md, "Generation, session 20").
 """
 from __future__ import annotations
 
