@@ -96,7 +96,8 @@ class Mamba2Block(nn.Module):
         does: three kernels on CUDA (norm, in_proj and conv; the SSM step and gate; the RMS norm,
         out_proj and residual add), each op's reference elsewhere."""
         conv_buf, ssm_state = state
-        w = cached_for_steps(self, self._step_weights)
+        w = cached_for_steps(self, self._step_weights,  # what _step_weights reads
+                             [self.in_proj.weight, self.out_proj.weight, *self._parameters.values()])
         fused_norm = (norm.weight, norm.bias, norm.eps) if norm is not None else (None, None, 0.0)
         xBC, zdt = in_proj_conv_step(u, conv_buf, w.in_proj, self.conv.weight[:, 0], self.conv.bias, *fused_norm)
         y = ssd_gated_step(ssm_state, xBC, zdt, w.dt_bias, w.A, w.D)

@@ -141,6 +141,22 @@ def test_a_block_made_under_inference_mode_steps_and_sees_its_parameters_change(
     assert (after - before).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_step_sees_each_parameter_change_in_place_between_steps(kind):
+    """What a step derives from parameters once per generation (``cached_for_steps``) follows an
+    in-place change of any one of them, its submodules' included, as an optimizer step makes."""
+    x = torch.randn(2, 12)
+    with torch.no_grad():
+        block = make_block(kind, 12, CFG).eval()
+        for name, p in block.named_parameters():
+            block.step(x, block.initial_state(2))
+            p.mul_(1.5)
+            after = block.step(x, block.initial_state(2))[0]
+            fresh = make_block(kind, 12, CFG).eval()
+            fresh.load_state_dict(block.state_dict())
+            torch.testing.assert_close(after, fresh.step(x, fresh.initial_state(2))[0], msg=name)
+
+
 def test_attention_sees_exactly_its_window():
     """Output t changes when input t - window + 1 does, and not when t - window does."""
     block = make_block("attention", 12, CFG).eval()  # window 10
