@@ -71,10 +71,10 @@ def residual_linear(u, y, weight, rms_eps=None, bias=None, activation=None):
     H = weight.shape[0] // 2 if glu else weight.shape[0]
     y, weight = y.contiguous(), weight.contiguous()
     out = torch.empty(batch, H, device=y.device, dtype=y.dtype if u is None else u.dtype)
-    u = out if u is None else u.contiguous()
     pdl = launch_options(y)
     _residual_linear[(triton.cdiv(batch, BM), triton.cdiv(H, BH))](
-        u, y, weight, out if bias is None else bias, out, batch, K, H, 0.0 if rms_eps is None else rms_eps,
-        HAS_RESIDUAL=u is not out, RMS_NORM=rms_eps is not None, HAS_BIAS=bias is not None, GLU=glu,
-        GELU=activation == "gelu", BM=BM, BH=BH, BK=BK, PDL=bool(pdl), **pdl)
+        out if u is None else u.contiguous(), y, weight, out if bias is None else bias,  # (out: a pointer never read)
+        out, batch, K, H, 0.0 if rms_eps is None else rms_eps, HAS_RESIDUAL=u is not None,
+        RMS_NORM=rms_eps is not None, HAS_BIAS=bias is not None, GLU=glu, GELU=activation == "gelu",
+        BM=BM, BH=BH, BK=BK, PDL=bool(pdl), **pdl)
     return out
