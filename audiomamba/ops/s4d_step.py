@@ -5,7 +5,7 @@ LayerNorm), the diagonal recurrence, the readout and GELU.
 
 per channel, over complex modes m, where the last mode has dA = 0 and weight D, so that the sum
 holds the D x term (``S4DBlock._step_matrices``). For CUDA tensors, when the kernels are
-importable, ``s4d_step`` is one Triton kernel (in place of a norm and about six small kernels);
+importable, ``s4d_step`` is one Triton kernel (in place of a norm and five small kernels);
 otherwise the reference here.
 """
 from __future__ import annotations

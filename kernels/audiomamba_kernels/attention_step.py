@@ -5,7 +5,7 @@ Same contract as ``audiomamba.ops.attention.attention_step_ref`` (the test oracl
 the pairs RoPE rotates), loads the head's window of keys and values with the new key and value in
 place of slot p mod window (read from registers, not memory, so no barrier is needed before the
 write), stores those two, and takes the softmax over the slots written so far (slot s holds a
-position once s <= p) against the values. Everything is fp32. The plain PyTorch step was about
+position once s <= p) against the values. Everything is fp32. Its PyTorch reference is about
 twenty kernels; the position is advanced by the caller, after every program has read it.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ and the head's raw step size, and computes
 
     dt = softplus(dt_raw + dt_bias);   S <- exp(dt A) S + dt x B^T;   y = S C + D x;   out = y silu(z)
 
-in fp32, storing S in place and out. The plain PyTorch step was about ten kernels.
+in fp32, storing S in place and out. Its PyTorch reference is about a dozen kernels.
 """
 from __future__ import annotations
 
