@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -63,40 +64,62 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gumbel: 
     return (scaled + gumbel).argmax(-1)
 
 
+class OutputWeights(NamedTuple):
+    """What a sampling step reads around the backbone: the final norm and the head, which make the
+    logits, and the embeddings, which make the next step's input. H = d_model; model rows are the
+    clips, twice over when guided (conditioned, then "no label")."""
+    norm_weight: torch.Tensor  # (H,)
+    norm_bias: torch.Tensor  # (H,)
+    norm_eps: float
+    head_weight: torch.Tensor  # (256, H)
+    head_bias: torch.Tensor  # (256,)
+    embed: torch.Tensor  # (256, H) the token embeddings
+    label_vectors: torch.Tensor  # (model rows, H) each row's label embedding; zeros for an unconditional model
+
+    @classmethod
+    def of(cls, model: WaveformLM, labels: torch.Tensor | None, model_rows: int) -> "OutputWeights":
+        label_vectors = model.label_vectors(labels, model_rows, model.embed.weight.device)
+        return cls(model.norm.weight.detach(), model.norm.bias.detach(), model.norm.eps, model.head.weight.detach(),
+                   model.head.bias.detach(), model.embed.weight.detach(), label_vectors.detach().contiguous())
+
+
 class SampleLoop:
     """One batch of clips being generated: the model's recurrent state and every per-clip tensor
-    (previous token, tokens so far, log-likelihoods, liveness), all updated in place.
+    (next input, tokens so far, log-likelihoods, liveness, sample count), all updated in place.
 
-    ``step(residue)`` makes one sample for every clip with no host synchronisation. The U-Net's
-    control flow depends only on t mod stride, so on CUDA ``capture()`` records ``stride`` graphs,
-    one per residue, and ``step`` replays them: one launch per sample instead of hundreds of
-    kernels and the Python that issues them. Gumbel noise for ``stride`` samples is drawn ahead
-    (``draw_noise``), so the graphs need no random number generator of their own.
+    ``step(residue)`` makes one sample for every clip with no host synchronisation: the backbone's
+    step, then ``sample_tail`` (on CUDA one kernel), which makes the logits, draws the token and
+    embeds it as the next input. The U-Net's control flow depends only on t mod stride, so on
+    CUDA ``capture()`` records ``stride`` graphs, one per residue, and ``step`` replays them: one
+    launch per sample instead of hundreds of kernels and the Python that issues them. Gumbel noise
+    for ``stride`` samples is drawn ahead (``draw_noise``), so the graphs need no random number
+    generator of their own.
     """
 
     def __init__(self, model: WaveformLM, labels: torch.Tensor | None, rows: int, length: int, *,
                  temperature: float, top_p: float, guidance: float, prefix: torch.Tensor | None,
                  generator: torch.Generator, device):
-        self.model, self.labels, self.generator = model, labels, generator
+        self.model, self.generator = model, generator
         self.temperature, self.top_p, self.guidance = temperature, top_p, guidance
-        self.guided = guidance != 1.0
+        model_rows = 2 * rows if guidance != 1.0 else rows
         self.stride = model.backbone.stride
-        self.state = model.initial_state(2 * rows if self.guided else rows, device)
+        self.state = model.initial_state(model_rows, device)
+        self.weights = OutputWeights.of(model, labels, model_rows)
         self.prefix = prefix
-        self.model_input = torch.empty(2 * rows if self.guided else rows, dtype=torch.long, device=device)
+        self.next_input = torch.empty(model_rows, model.cfg.d_model, device=device)
         self.noise = torch.empty(self.stride, rows, 256, device=device)
         self.tokens = torch.empty(rows, length, dtype=torch.uint8, device=device)
         self.loglik = torch.empty(rows, dtype=torch.float64, device=device)
         self.alive = torch.empty(rows, dtype=torch.bool, device=device)
         self.failed_at = torch.empty(rows, dtype=torch.long, device=device)
-        self.t = torch.empty(1, dtype=torch.long, device=device)  # the sample being made, on the device
+        self.t = torch.empty(rows, dtype=torch.long, device=device)  # the sample each clip is at (all alike)
         self.graphs = None
         self.reset()
 
     def reset(self) -> None:
         """Back to the start of the clips (zero state, nothing generated)."""
         _zero_state(self.state)
-        self.model_input.fill_(SILENCE)
+        torch.add(self.weights.embed[SILENCE], self.weights.label_vectors, out=self.next_input)
         self.tokens.fill_(SILENCE)
         self.loglik.zero_()
         self.alive.fill_(True)
@@ -136,25 +159,30 @@ class SampleLoop:
             self.state["t"] += 1
 
     def _sample(self, residue: int) -> None:
-        logits = self.model.step(self.model_input, self.state, self.labels)[0].float()
-        kernels = triton_kernels.load("sample_tail") if logits.is_cuda and self.top_p == 1.0 else None
+        h = self.model.backbone.step(self.next_input, self.state)[0]
+        kernels = triton_kernels.load("sample_tail") if h.is_cuda and self.top_p == 1.0 else None
         tail = kernels.sample_tail if kernels else sample_tail_ref
-        tail(logits, self.noise[residue], self.alive, self.failed_at, self.t, self.tokens, self.loglik,
-             self.model_input, self.prefix, self.temperature, self.top_p, self.guidance)
-        self.t += 1
+        tail(h, self.weights, self.noise[residue], self.alive, self.failed_at, self.t, self.tokens, self.loglik,
+             self.next_input, self.prefix, self.temperature, self.top_p, self.guidance)
 
 
-def sample_tail_ref(logits: torch.Tensor, gumbel: torch.Tensor, alive: torch.Tensor, failed_at: torch.Tensor,
-                    t: torch.Tensor, tokens: torch.Tensor, loglik: torch.Tensor, model_input: torch.Tensor,
-                    prefix: torch.Tensor | None, temperature: float, top_p: float, guidance: float) -> None:
-    """Everything a sampling step does after the model, for rows clips, in place and with no host sync.
+def sample_tail_ref(h: torch.Tensor, weights: OutputWeights, gumbel: torch.Tensor, alive: torch.Tensor,
+                    failed_at: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor, loglik: torch.Tensor,
+                    next_input: torch.Tensor, prefix: torch.Tensor | None, temperature: float, top_p: float,
+                    guidance: float) -> None:
+    """Everything a sampling step does after the backbone, for rows clips, in place and with no
+    host sync: the logits, the draw, the bookkeeping, and the next input.
 
-    logits: (rows, 256) fp32, or (2 rows, 256) when guided (conditioned rows, then unconditioned);
-    gumbel: (rows, 256) noise; alive (rows,) bool and failed_at (rows,) long: the non-finite
-    guard; t: (1,) the sample being made; tokens: (rows, length) uint8, column t is written;
-    loglik: (rows,) fp64, the model's own log-likelihood is added; model_input: (rows,) or
-    (2 rows,) long, set to the drawn tokens; prefix: (P,) long tokens forced while t < P, or None.
+    h: (rows, H) the backbone's output, or (2 rows, H) when guided (conditioned rows, then
+    unconditioned); weights: ``OutputWeights``; gumbel: (rows, 256) noise; alive (rows,) bool and
+    failed_at (rows,) long: the non-finite guard; t: (rows,) long, the sample being made, moved on
+    by one; tokens: (rows, length) uint8, column t is written; loglik: (rows,) fp64, the model's
+    own log-likelihood is added; next_input: like h, set to the drawn tokens' embeddings plus
+    their rows' label vectors; prefix: (P,) long tokens forced while t < P, or None.
     On CUDA, ``audiomamba_kernels.sample_tail`` does this in one kernel (top_p = 1 only)."""
+    w = weights
+    logits = F.linear(F.layer_norm(h.float(), w.norm_weight.shape, w.norm_weight, w.norm_bias, w.norm_eps),
+                      w.head_weight, w.head_bias)
     guided = guidance != 1.0
     if guided:
         logits, uncond = logits.chunk(2)
@@ -168,13 +196,14 @@ def sample_tail_ref(logits: torch.Tensor, gumbel: torch.Tensor, alive: torch.Ten
     # A stopped row still draws and scores (from non-finite logits), but only SILENCE and 0 are kept.
     nxt = sample_next(sampling, temperature, top_p, gumbel)
     if prefix is not None:  # teacher-force the prefix while t < its length
-        forced = prefix[t.clamp(max=len(prefix) - 1)].expand_as(nxt)
+        forced = prefix[t.clamp(max=len(prefix) - 1)]
         nxt = torch.where(t < len(prefix), forced, nxt)
     nxt = torch.where(alive, nxt, SILENCE)
     logp = torch.log_softmax(logits, -1).gather(-1, nxt.unsqueeze(1)).squeeze(1)
     loglik.add_(torch.where(alive, logp, 0.0))  # accumulated in fp64
-    tokens.index_copy_(1, t, nxt.to(torch.uint8).unsqueeze(1))
-    model_input.copy_(torch.cat([nxt, nxt]) if guided else nxt)
+    tokens.scatter_(1, t.unsqueeze(1), nxt.to(torch.uint8).unsqueeze(1))
+    torch.add(w.embed[torch.cat([nxt, nxt]) if guided else nxt], w.label_vectors, out=next_input)
+    t += 1
 
 
 @contextlib.contextmanager

@@ -94,15 +94,15 @@ def test_top_p_keeps_only_the_nucleus_and_zero_temperature_is_greedy():
 
 
 def test_non_finite_logits_stop_only_that_clip(model, monkeypatch, capsys):
-    step = model.step
+    step = model.backbone.step
 
-    def poisoned(prev, state, labels=None):
-        logits, state = step(prev, state, labels)
+    def poisoned(x, state):
+        h, state = step(x, state)
         if state["t"] == 10:
-            logits[1] = float("nan")
-        return logits, state
+            h[1] = float("nan")
+        return h, state
 
-    monkeypatch.setattr(model, "step", poisoned)
+    monkeypatch.setattr(model.backbone, "step", poisoned)
     gen = generate(model, 3, 20, batch_size=3)
     assert set(gen.problems) == {1} and "sample 9" in gen.problems[1]
     assert (gen.tokens[1, 9:] == SILENCE).all() and torch.isfinite(gen.loglik_bits).all()

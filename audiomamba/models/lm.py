@@ -41,14 +41,21 @@ class WaveformLM(nn.Module):
         if (labels < 0).any() or (labels > self.cfg.n_classes).any():
             raise ValueError(f"labels must lie in [0, {self.cfg.n_classes}] ({self.cfg.n_classes} = no label)")
 
+    def label_vectors(self, labels: torch.Tensor | None, rows: int, device=None) -> torch.Tensor:
+        """(rows, d_model): each row's label embedding, "no label" where labels is None; zeros for
+        an unconditional model. What ``_input`` adds to the token embeddings."""
+        if self.label_embed is None:
+            return torch.zeros(rows, self.cfg.d_model, device=device)
+        if labels is None:
+            labels = torch.full((rows,), self.cfg.n_classes, dtype=torch.long, device=device)
+        return self.label_embed.forward(labels.to(device))
+
     def _input(self, prev_tokens: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings plus label embeddings; None labels mean "no label"."""
         x = self.embed.forward(prev_tokens.long())
         if self.label_embed is None:
             return x
-        if labels is None:
-            labels = torch.full(prev_tokens.shape[:1], self.cfg.n_classes, dtype=torch.long, device=x.device)
-        label_vectors = self.label_embed.forward(labels.to(x.device))
+        label_vectors = self.label_vectors(labels, len(prev_tokens), x.device)
         return x + (label_vectors[:, None] if x.dim() == 3 else label_vectors)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, *,

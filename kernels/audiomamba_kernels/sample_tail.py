@@ -1,9 +1,11 @@
-"""A sampling step's tail, after the model, in one Triton kernel: guidance, the non-finite guard,
-Gumbel-max sampling with temperature, prefix forcing, the log-likelihood and the token stores.
+"""A sampling step's tail, after the backbone, in one Triton kernel: the final LayerNorm and the
+head, guidance, the non-finite guard, Gumbel-max sampling with temperature, prefix forcing, the
+log-likelihood, the token stores and the next input's embedding.
 
 Same contract as ``audiomamba.sample.sample_tail_ref`` (the test oracle), for top_p = 1 (a
-nucleus needs a sort; the caller uses the reference then). One program per clip holds its 256
-logits. PyTorch's version is about twenty small kernels; at batch 1 they took a fifth of a step.
+nucleus needs a sort; the caller uses the reference then). One program per clip makes its 256
+logits (and its unconditioned twin's, when guided) from the backbone's output in fp32 FMAs.
+PyTorch's version is about twenty-five small kernels; at batch 1 they took a fifth of a step.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import triton.language as tl
 from audiomamba.data.mulaw import SILENCE
 from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
 
+CHUNK = 64  # the head's columns a program multiplies at a time: (256, CHUNK) weight tiles, 8 warps
+
 
 @triton.jit
 def _all_finite(v):
@@ -20,17 +24,43 @@ def _all_finite(v):
 
 
 @triton.jit
-def _sample_tail(logits_ptr, gumbel_ptr, alive_ptr, failed_ptr, t_ptr, tokens_ptr, loglik_ptr, input_ptr,
-                 prefix_ptr, rows, length, prefix_len, temperature, guidance, GUIDED: tl.constexpr,
-                 GREEDY: tl.constexpr, HAS_PREFIX: tl.constexpr, SILENCE: tl.constexpr, PDL: tl.constexpr):
+def _logits(h_ptr, norm_w_ptr, norm_b_ptr, head_w_ptr, head_b_ptr, H, eps, H_PAD: tl.constexpr,
+            CHUNK: tl.constexpr):
+    """(256,) logits of one backbone output row h (H,): head(LayerNorm(h))."""
+    k = tl.arange(0, 256)
+    c = tl.arange(0, H_PAD)
+    h = tl.load(h_ptr + c, mask=c < H, other=0.0).to(tl.float32)
+    mean = tl.sum(h, 0) / H
+    centred = tl.where(c < H, h - mean, 0.0)
+    inv_std = 1.0 / tl.sqrt(tl.sum(centred * centred, 0) / H + eps)
+    logits = tl.load(head_b_ptr + k)
+    for c0 in range(0, H, CHUNK):  # the normalised row again, CHUNK columns at a time
+        j = c0 + tl.arange(0, CHUNK)
+        j_ok = j < H
+        normed = ((tl.load(h_ptr + j, mask=j_ok, other=0.0).to(tl.float32) - mean) * inv_std
+                  * tl.load(norm_w_ptr + j, mask=j_ok, other=0.0) + tl.load(norm_b_ptr + j, mask=j_ok, other=0.0))
+        w = tl.load(head_w_ptr + k[:, None] * H + j[None, :], mask=j_ok[None, :], other=0.0)
+        logits += tl.sum(w * tl.where(j_ok, normed, 0.0)[None, :], 1)
+    return logits
+
+
+@triton.jit
+def _sample_tail(h_ptr, norm_w_ptr, norm_b_ptr, head_w_ptr, head_b_ptr, embed_ptr, label_ptr, gumbel_ptr,
+                 alive_ptr, failed_ptr, t_ptr, tokens_ptr, loglik_ptr, input_ptr, prefix_ptr, rows, length,
+                 prefix_len, temperature, guidance, H, eps, H_PAD: tl.constexpr, CHUNK: tl.constexpr,
+                 GUIDED: tl.constexpr, GREEDY: tl.constexpr, HAS_PREFIX: tl.constexpr, SILENCE: tl.constexpr,
+                 PDL: tl.constexpr):
     row = tl.program_id(0)
     k = tl.arange(0, 256)
+    c = tl.arange(0, H_PAD)
+    c_ok = c < H
     wait_for_inputs(PDL)
     release_dependents(PDL)
-    t = tl.load(t_ptr)
-    logits = tl.load(logits_ptr + row * 256 + k)
+    t = tl.load(t_ptr + row)
+    logits = _logits(h_ptr + row * H, norm_w_ptr, norm_b_ptr, head_w_ptr, head_b_ptr, H, eps, H_PAD, CHUNK)
     if GUIDED:
-        uncond = tl.load(logits_ptr + (rows + row) * 256 + k)
+        uncond = _logits(h_ptr + (rows + row) * H, norm_w_ptr, norm_b_ptr, head_w_ptr, head_b_ptr, H, eps, H_PAD,
+                         CHUNK)
         sampling = uncond + guidance * (logits - uncond)
         finite = _all_finite(logits) & _all_finite(sampling)
     else:
@@ -57,21 +87,30 @@ def _sample_tail(logits_ptr, gumbel_ptr, alive_ptr, failed_ptr, t_ptr, tokens_pt
     loglik = tl.load(loglik_ptr + row)
     tl.store(loglik_ptr + row, loglik + tl.where(alive, logp.to(tl.float64), 0.0))
     tl.store(tokens_ptr + row * length + t, nxt.to(tl.uint8))
-    tl.store(input_ptr + row, nxt.to(tl.int64))
+    tl.store(t_ptr + row, t + 1)
+    embedded = tl.load(embed_ptr + nxt * H + c, mask=c_ok, other=0.0)
+    tl.store(input_ptr + row * H + c, embedded + tl.load(label_ptr + row * H + c, mask=c_ok, other=0.0), mask=c_ok)
     if GUIDED:
-        tl.store(input_ptr + rows + row, nxt.to(tl.int64))
+        twin = (rows + row) * H + c
+        tl.store(input_ptr + twin, embedded + tl.load(label_ptr + twin, mask=c_ok, other=0.0), mask=c_ok)
 
 
-def sample_tail(logits, gumbel, alive, failed_at, t, tokens, loglik, model_input, prefix, temperature, top_p,
+def sample_tail(h, weights, gumbel, alive, failed_at, t, tokens, loglik, next_input, prefix, temperature, top_p,
                 guidance):
     """One kernel; arguments and effects as ``sample_tail_ref`` (top_p must be 1)."""
     if top_p != 1.0:
         raise ValueError("the fused sampling tail has no nucleus (top-p) sampling; use sample_tail_ref")
+    w = weights
     rows, length = tokens.shape
-    logits, gumbel = logits.contiguous(), gumbel.contiguous()
-    pdl = launch_options(logits)
-    _sample_tail[(rows,)](logits, gumbel, alive, failed_at, t, tokens, loglik, model_input,
+    H = h.shape[1]
+    if not (next_input.is_contiguous() and next_input.dtype == w.embed.dtype == w.label_vectors.dtype):
+        raise ValueError("next_input must be contiguous, of the embeddings' dtype (it is written in place)")
+    h, gumbel = h.contiguous(), gumbel.contiguous()
+    pdl = launch_options(h)
+    _sample_tail[(rows,)](h, w.norm_weight, w.norm_bias, w.head_weight, w.head_bias, w.embed, w.label_vectors,
+                          gumbel, alive, failed_at, t, tokens, loglik, next_input,
                           prefix if prefix is not None else t, rows, length,
-                          len(prefix) if prefix is not None else 0, temperature, guidance,
+                          len(prefix) if prefix is not None else 0, temperature, guidance, H, w.norm_eps,
+                          H_PAD=triton.next_power_of_2(H), CHUNK=min(CHUNK, triton.next_power_of_2(H)),
                           GUIDED=guidance != 1.0, GREEDY=temperature <= 0, HAS_PREFIX=prefix is not None,
-                          SILENCE=SILENCE, PDL=bool(pdl), **pdl)
+                          SILENCE=SILENCE, PDL=bool(pdl), num_warps=8, **pdl)
