@@ -120,8 +120,9 @@ def print_stack(widths: list[int], arch: int, ghz: float) -> None:
                 constexprs = dict(H_PAD=h_pad, CE=ce, N_PAD=N, R_PAD=r_pad, WIDTH=4, W_PAD=4, EXACT=exact, PDL=False)
                 bf16_args = {"in_w_ptr", "xp_ptr", "dtw_ptr", "out_w_ptr"} if projections == "bf16" else set()
                 compiled = compile_pass(mamba_stack._mamba_stack_step, constexprs,
-                                        dict(n_blocks=8, batch=rows, H=width, E=E, N=N, R=R), num_warps, arch,
-                                        bf16_args)
+                                        dict(n_blocks=8, batch=rows, H=width, E=E, N=N, R=R, skip_at=8,
+                                             skip_out_stride=width, skip_in_stride=width),  # no skip
+                                        num_warps, arch, bf16_args)
                 chunks = -(-E // ce)  # each block's front and back loop over its channels in chunks of CE
                 profile = loop_profile(compiled.asm["cubin"], inner_iterations=chunks)
                 ops, count = profile["opcodes"], sum(profile["opcodes"].values())

@@ -16,7 +16,9 @@ So output t depends on inputs <= t only, and nothing later (tested by perturbati
 
 In step mode the stage-i blocks run every prod(pool[:i]) samples: at sample t = jp (stage time)
 the last p inputs are pooled, the inner stage steps once, and UpPool's p outputs are buffered
-and used one per sample, which reproduces the parallel forward exactly.
+and used one per sample, which reproduces the parallel forward exactly. At the other samples a
+stage's down blocks, the skip connection and its up blocks run back to back (``Stage.step_after``):
+on CUDA, in one kernel where both stages are all Mamba.
 
 A batch-1 step on CPU is bound by Python and per-op overhead (about 70 tiny ops per sample), so
 the step paths call submodules' ``forward`` directly: ``nn.Module.__call__`` and its hook checks
@@ -38,7 +40,7 @@ from audiomamba.models.mlp import MLPBlock
 from audiomamba.models.residual import ResidualBlock
 from audiomamba.models.s4d import S4DBlock
 from audiomamba.models.step_cache import cached_for_steps
-from audiomamba.ops.mamba_stack import mamba_stack_step, stack_weights
+from audiomamba.ops.mamba_stack import Skip, mamba_stack_step, stack_weights
 
 
 def make_block(kind: str, d_model: int, cfg: ModelConfig) -> ResidualBlock:
@@ -113,6 +115,7 @@ class Stage(nn.ModuleList):
         super().__init__(blocks)
         self.all_mamba = len(self) > 0 and all(isinstance(b.block, MambaBlock) for b in self)
         self._step_cache = None  # the stacked weights: see cached_for_steps
+        self._level_cache = None  # a down stage's and this one's, stacked: see step_after
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self:
@@ -133,6 +136,20 @@ class Stage(nn.ModuleList):
         for k, block in enumerate(self):
             x, states[k] = block.step(x, states[k])
         return x
+
+    def step_after(self, down: "Stage", x: torch.Tensor, down_states: list, states: list, skip_out: torch.Tensor,
+                   skip_in: torch.Tensor) -> torch.Tensor:
+        """A U-Net level's step while its inner stages wait: ``down``'s step, the skip connection
+        (skip_out <- x, then x + skip_in), and this stage's step. x, skip_out, skip_in: (batch, H).
+        On CUDA, when both stages are all Mamba, their blocks step as one stack (one kernel)."""
+        if x.is_cuda and isinstance(states, StackedStates) and isinstance(down_states, StackedStates):
+            weights = cached_for_steps(self, lambda: stack_weights([*down, *self]),
+                                       [*down.parameters(), *self.parameters()], attribute="_level_cache")
+            return mamba_stack_step(x, weights, down_states.conv, down_states.ssm,
+                                    Skip(skip_out, skip_in, states.conv, states.ssm))
+        x = down.step(x, down_states)
+        skip_out.copy_(x)
+        return self.step(x + skip_in, states)
 
 
 class SaShiMi(nn.Module):
@@ -192,12 +209,14 @@ class SaShiMi(nn.Module):
         """Stage i's step at its own time t // prod(pool[:i]); called when that division is exact."""
         if i == len(self.pools):
             return self.center.step(x, state["center"])
-        x = self.down[i].step(x, state["down"][i])
         tau, pool = t // math.prod(self.pools[:i]), self.pools[i]
-        window = state["window"][i]
-        window[:, (tau - 1) % pool] = x  # a ring buffer that is oldest-first whenever tau % pool == 0
-        if tau % pool == 0:
-            inner = self._step_stage(i + 1, self.down_pool[i].step(window), state, t)
-            state["upsampled"][i].copy_(self.up_pool[i].step(inner))
-        x = state["upsampled"][i][:, tau % pool] + x
-        return self.up[i].step(x, state["up"][i])
+        window, upsampled = state["window"][i], state["upsampled"][i]
+        slot = window[:, (tau - 1) % pool]  # a ring buffer that is oldest-first whenever tau % pool == 0
+        if tau % pool:  # the inner stages wait for a full window
+            return self.up[i].step_after(self.down[i], x, state["down"][i], state["up"][i], slot,
+                                         upsampled[:, tau % pool])
+        x = self.down[i].step(x, state["down"][i])
+        slot.copy_(x)
+        inner = self._step_stage(i + 1, self.down_pool[i].step(window), state, t)
+        upsampled.copy_(self.up_pool[i].step(inner))
+        return self.up[i].step(upsampled[:, 0] + x, state["up"][i])

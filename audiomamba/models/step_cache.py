@@ -9,8 +9,9 @@ import torch
 import torch.nn as nn
 
 
-def cached_for_steps(module: nn.Module, compute: Callable, parameters: list | None = None):
-    """``compute()``, kept in ``module._step_cache`` until one of the module's own parameters (or
+def cached_for_steps(module: nn.Module, compute: Callable, parameters: list | None = None,
+                     attribute: str = "_step_cache"):
+    """``compute()``, kept in ``module._step_cache`` (or another ``attribute``) until one of the module's own parameters (or
     of ``parameters``, when given) changes: in place (its version counter moves, as an optimizer
     step does) or by replacement (its storage moves, as ``load_state_dict`` or ``.to`` do). While
     autograd records, it is recomputed every call so that gradients flow through it; so it is for
@@ -24,6 +25,8 @@ def cached_for_steps(module: nn.Module, compute: Callable, parameters: list | No
         key = [(p._version, p.data_ptr()) for p in (module._parameters.values() if parameters is None else parameters)]
     except RuntimeError:  # "Inference tensors do not track version counter"
         return compute()
-    if module._step_cache is None or module._step_cache[0] != key:
-        module._step_cache = (key, compute())
-    return module._step_cache[1]
+    cached = getattr(module, attribute)
+    if cached is None or cached[0] != key:
+        cached = (key, compute())
+        setattr(module, attribute, cached)
+    return cached[1]

@@ -11,6 +11,10 @@ are kept in bf16 where bf16 holds them exactly, as it does the weights of a bf16
 shipped models): the kernels read half the bytes and compute in fp32 as before, so their results
 do not change.
 
+A U-Net level whose inner stages do not run this sample (three samples in four at the outer
+level) steps its down stage, the skip connection and its up stage back to back: the two stages'
+blocks stacked together, with a ``Skip`` between them.
+
 For CUDA tensors, when the kernels are importable, ``mamba_stack_step`` is one Triton kernel for
 all K blocks (``audiomamba_kernels.mamba_stack``): each program keeps its batch row's residual
 stream in registers from block to block, so a stage's step is one launch instead of 3K. That
@@ -94,21 +98,48 @@ def _block_by_block(u, weights, conv_state, ssm_state, front, ssm_step, back):
     return u
 
 
+class Skip(NamedTuple):
+    """A U-Net level's skip connection, between its down stage's blocks and its up stage's."""
+    out: torch.Tensor  # (batch, H) receives the stream after the down blocks; rows may be strided
+    add: torch.Tensor  # (batch, H) added to the stream before the up blocks (the upsampled row)
+    conv_state: torch.Tensor  # (K_up, batch, E, W) the up blocks' conv buffers
+    ssm_state: torch.Tensor  # (K_up, batch, E, N) and SSM states
+
+
+FIELDS = [f for f in StackedMambaWeights._fields if f != "norm_eps"]  # the stacked tensors
+
+
+def _through_skip(step, u, weights, conv_state, ssm_state, skip: Skip):
+    """The down blocks (the first len(conv_state) of ``weights``), the skip connection, the up
+    blocks, each stage by ``step``."""
+    k = len(conv_state)
+    u = step(u, weights._replace(**{f: getattr(weights, f)[:k] for f in FIELDS}), conv_state, ssm_state)
+    skip.out.copy_(u)
+    return step(u + skip.add, weights._replace(**{f: getattr(weights, f)[k:] for f in FIELDS}), skip.conv_state,
+                skip.ssm_state)
+
+
 def mamba_stack_step_ref(u: torch.Tensor, weights: StackedMambaWeights, conv_state: torch.Tensor,
-                         ssm_state: torch.Tensor) -> torch.Tensor:
+                         ssm_state: torch.Tensor, skip: Skip | None = None) -> torch.Tensor:
     """u: (batch, H) the residual stream; conv_state: (K, batch, E, W) and ssm_state (K, batch, E, N)
-    fp32, both updated in place. Returns u after the K blocks, (batch, H)."""
+    fp32, both updated in place. Returns u after the K blocks, (batch, H). With ``skip``, the
+    weights hold more blocks than the states: the first K (a down stage's) run, then the skip
+    connection (skip.out <- u; u <- u + skip.add), then the rest (the up stage's, on skip's states)."""
+    if skip is not None:
+        return _through_skip(mamba_stack_step_ref, u, weights, conv_state, ssm_state, skip)
     return _block_by_block(u, widen_projections(weights), conv_state, ssm_state, in_proj_conv_step_ref,
                            projected_state_update_ref, residual_linear_ref)
 
 
-def mamba_stack_step(u, weights, conv_state, ssm_state):
-    """K blocks' step: one kernel on CUDA where it pays, else block by block with the per-block
+def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None):
+    """The blocks' step: one kernel on CUDA where it pays, else block by block with the per-block
     kernels (or references); see :func:`mamba_stack_step_ref`."""
     kernels = triton_kernels.load("mamba_stack") if u.is_cuda else None
     if kernels and kernels.fused_step_pays(*u.shape):
-        return kernels.mamba_stack_step(u, weights, conv_state, ssm_state)
+        return kernels.mamba_stack_step(u, weights, conv_state, ssm_state, skip)
     if not kernels:
-        return mamba_stack_step_ref(u, weights, conv_state, ssm_state)
+        return mamba_stack_step_ref(u, weights, conv_state, ssm_state, skip)
+    if skip is not None:
+        return _through_skip(mamba_stack_step, u, weights, conv_state, ssm_state, skip)
     return _block_by_block(u, weights, conv_state, ssm_state, in_proj_conv_step, projected_state_update,
                            residual_linear)

@@ -128,7 +128,8 @@ def _back(x, z, dt_low, Bv, Cv, w_dt, dt_b, D, s, A, w_out, ssm_row, e, e_ok, n,
 
 @triton.jit
 def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_ptr, conv_w_ptr, conv_b_ptr,
-                      xp_ptr, dtw_ptr, dtb_ptr, A_ptr, D_ptr, out_w_ptr, conv_ptr, ssm_ptr,
+                      xp_ptr, dtw_ptr, dtb_ptr, A_ptr, D_ptr, out_w_ptr, conv_ptr, ssm_ptr, conv_after_ptr,
+                      ssm_after_ptr, skip_at, skip_out_ptr, skip_out_stride, skip_in_ptr, skip_in_stride,
                       n_blocks, batch, H, E, N, R, eps, H_PAD: tl.constexpr, CE: tl.constexpr, N_PAD: tl.constexpr,
                       R_PAD: tl.constexpr, WIDTH: tl.constexpr, W_PAD: tl.constexpr, EXACT: tl.constexpr,
                       PDL: tl.constexpr):
@@ -144,10 +145,18 @@ def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_
     x_scratch = scratch_ptr + b * 2 * E
     z_scratch = x_scratch + E
     for k in range(n_blocks):
+        if k == skip_at:  # the U-Net's skip connection: the stream goes out, the upsampled row comes in
+            tl.store(skip_out_ptr + b * skip_out_stride + h, u, mask=h_ok)
+            u += tl.load(skip_in_ptr + b * skip_in_stride + h, mask=h_ok, other=0.0)
+        if k < skip_at:
+            conv_row = conv_ptr + (k * batch + b) * E * WIDTH
+            ssm_row = ssm_ptr + (k * batch + b) * E * N
+        else:
+            conv_row = conv_after_ptr + ((k - skip_at) * batch + b) * E * WIDTH
+            ssm_row = ssm_after_ptr + ((k - skip_at) * batch + b) * E * N
         in_w, xp = in_w_ptr + k * 2 * E * H, xp_ptr + k * P * E
-        conv_row = conv_ptr + (k * batch + b) * E * WIDTH
         conv_w, conv_b = conv_w_ptr + k * E * WIDTH, conv_b_ptr + k * E
-        ssm_row, dt_w, dt_b = ssm_ptr + (k * batch + b) * E * N, dtw_ptr + k * E * R, dtb_ptr + k * E
+        dt_w, dt_b = dtw_ptr + k * E * R, dtb_ptr + k * E
         A, D, out_w = A_ptr + k * E * N, D_ptr + k * E, out_w_ptr + k * H * E
         norm_w = tl.load(norm_w_ptr + k * H + h, mask=h_ok, other=0.0)
         norm_b = tl.load(norm_b_ptr + k * H + h, mask=h_ok, other=0.0)
@@ -183,16 +192,27 @@ def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_
     tl.store(out_ptr + b * H + h, u.to(out_ptr.dtype.element_ty), mask=h_ok)
 
 
-def mamba_stack_step(u, weights, conv_state, ssm_state):
-    """All K blocks' step in one launch; arguments and result as ``mamba_stack_step_ref``."""
-    for name, state in (("conv", conv_state), ("SSM", ssm_state)):
+def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None):
+    """All K blocks' step in one launch; arguments and result as ``mamba_stack_step_ref``, and
+    ``skip`` as ``mamba_level_step_ref``'s (then the states are the down stage's, the up stage's
+    follow in ``skip``)."""
+    states = [("conv", conv_state), ("SSM", ssm_state)]
+    if skip is not None:
+        states += [("conv", skip.conv_state), ("SSM", skip.ssm_state)]
+    for name, state in states:
         if state.dtype != torch.float32 or not state.is_contiguous():
             raise ValueError(f"the {name} state must be a contiguous fp32 tensor (it is updated in place)")
     w = weights
-    K, batch, E, width = conv_state.shape
+    K, batch, E, width = w.in_proj.shape[0], *conv_state.shape[1:]
     H, N, R = u.shape[1], ssm_state.shape[3], w.dt_proj.shape[2]
     u = u.contiguous()
     out = torch.empty_like(u)
+    if skip is None:  # never reached: the skip's tensors are placeholders
+        skip_at, after_conv, after_ssm, skip_out, skip_in = K, conv_state, ssm_state, out, u
+    else:
+        skip_at, after_conv, after_ssm, skip_out, skip_in = len(conv_state), skip.conv_state, skip.ssm_state, skip.out, skip.add
+        if not (skip_out.stride(1) == skip_in.stride(1) == 1 and skip_out.dtype == skip_in.dtype == torch.float32):
+            raise ValueError("the skip connection's rows must be fp32 with contiguous columns")
     h_pad, n_pad, r_pad, w_pad = (triton.next_power_of_2(H), triton.next_power_of_2(N),
                                   max(2, triton.next_power_of_2(R)), triton.next_power_of_2(width))
     ce = chunk_channels(E, h_pad)
@@ -203,7 +223,8 @@ def mamba_stack_step(u, weights, conv_state, ssm_state):
     pdl = launch_options(u)
     _mamba_stack_step[(batch,)](
         u, out, scratch, w.norm_weight, w.norm_bias, w.in_proj, w.conv_weight, w.conv_bias, w.x_proj, w.dt_proj,
-        w.dt_bias, w.A, w.D, w.out_proj, conv_state, ssm_state, K, batch, H, E, N, R, w.norm_eps,
+        w.dt_bias, w.A, w.D, w.out_proj, conv_state, ssm_state, after_conv, after_ssm, skip_at, skip_out,
+        skip_out.stride(0), skip_in, skip_in.stride(0), K, batch, H, E, N, R, w.norm_eps,
         H_PAD=h_pad, CE=ce, N_PAD=n_pad, R_PAD=r_pad, WIDTH=width, W_PAD=w_pad,
         EXACT=exact, PDL=bool(pdl), num_warps=num_warps, **pdl)
     return out

@@ -10,7 +10,7 @@ import torch
 from audiomamba.checkpoint import round_to_bf16
 from audiomamba.config import ModelConfig
 from audiomamba.models.sashimi import Stage, make_block
-from audiomamba.ops.mamba_stack import (PROJECTIONS, _block_by_block, mamba_stack_step_ref, narrow_projections,
+from audiomamba.ops.mamba_stack import (PROJECTIONS, Skip, _block_by_block, mamba_stack_step_ref, narrow_projections,
                                        stack_weights, widen_projections)
 from tests.kernels.test_selective_scan_kernels import DEVICE, rel_err
 
@@ -89,3 +89,28 @@ def test_the_per_block_kernels_read_narrowed_projections_as_the_same_numbers():
     want = mamba_stack_step_ref(u, kernel_weights(stage, "fp32"), want_state.conv, want_state.ssm)
     assert rel_err(got, want) <= 1e-5
     assert rel_err(got_state.ssm, want_state.ssm) <= 1e-5
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("batch, H, N, k_down, k_up", [(2, 16, 4, 2, 3), (3, 32, 16, 1, 1)])
+def test_a_level_through_its_skip_connection_matches_the_reference(batch, H, N, k_down, k_up, precision):
+    """A U-Net level's down blocks, skip connection and up blocks in one launch: the down blocks'
+    output lands in a strided slot of the pooling window, the upsampled row (strided too) is added,
+    and the up blocks step on their own states."""
+    stage = random_stage(H, N, k_down + k_up, bf16_values=precision == "bf16")
+    weights, reference_weights = kernel_weights(stage, precision), kernel_weights(stage, "fp32")
+    down, up = Stage(stage[:k_down]), Stage(stage[k_down:])
+    (got_down, want_down), (got_up, want_up) = states_alike(down, batch), states_alike(up, batch)
+    upsampled = torch.randn(batch, 4, H, device=DEVICE)
+    got_window, want_window = torch.zeros(batch, 4, H, device=DEVICE), torch.zeros(batch, 4, H, device=DEVICE)
+    for slot in range(3):
+        u = torch.randn(batch, H, device=DEVICE)
+        got = kernels.mamba_stack_step(u, weights, got_down.conv, got_down.ssm,
+                                       Skip(got_window[:, slot], upsampled[:, slot + 1], got_up.conv, got_up.ssm))
+        want = mamba_stack_step_ref(u, reference_weights, want_down.conv, want_down.ssm,
+                                    Skip(want_window[:, slot], upsampled[:, slot + 1], want_up.conv, want_up.ssm))
+        assert rel_err(got, want) <= 1e-5
+    assert rel_err(got_window, want_window) <= 1e-5 and got_window[:, 3].eq(0).all()
+    for got_s, want_s in ((got_down.conv, want_down.conv), (got_down.ssm, want_down.ssm), (got_up.conv, want_up.conv),
+                          (got_up.ssm, want_up.ssm)):
+        assert rel_err(got_s, want_s) <= 1e-5
