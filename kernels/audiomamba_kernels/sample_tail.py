@@ -15,7 +15,11 @@ import triton.language as tl
 from audiomamba.data.mulaw import SILENCE
 from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
 
-CHUNK = 64  # the head's columns a program multiplies at a time: (256, CHUNK) weight tiles, 8 warps
+# The head's columns a program multiplies at a time, (256, CHUNK) weight tiles, and its warps:
+# the best of 16, 32 and 64 with 4 or 8 warps at batch 256 and 1024, and within 0.3 us of the
+# best at batch 1 (BENCHMARKS.md, "Generation, session 21").
+CHUNK = 32
+NUM_WARPS = 8
 
 
 @triton.jit
@@ -113,4 +117,4 @@ def sample_tail(h, weights, gumbel, alive, failed_at, t, tokens, loglik, next_in
                           len(prefix) if prefix is not None else 0, temperature, guidance, H, w.norm_eps,
                           H_PAD=triton.next_power_of_2(H), CHUNK=min(CHUNK, triton.next_power_of_2(H)),
                           GUIDED=guidance != 1.0, GREEDY=temperature <= 0, HAS_PREFIX=prefix is not None,
-                          SILENCE=SILENCE, PDL=bool(pdl), num_warps=8, **pdl)
+                          SILENCE=SILENCE, PDL=bool(pdl), num_warps=NUM_WARPS, **pdl)
