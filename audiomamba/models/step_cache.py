@@ -11,11 +11,12 @@ import torch.nn as nn
 
 def cached_for_steps(module: nn.Module, compute: Callable, parameters: list | None = None,
                      attribute: str = "_step_cache"):
-    """``compute()``, kept in ``module._step_cache`` (or another ``attribute``) until one of the module's own parameters (or
-    of ``parameters``, when given) changes: in place (its version counter moves, as an optimizer
-    step does) or by replacement (its storage moves, as ``load_state_dict`` or ``.to`` do). While
-    autograd records, it is recomputed every call so that gradients flow through it; so it is for
-    parameters made under ``torch.inference_mode``, which have no version counter to watch.
+    """``compute()``, kept in ``module._step_cache`` (or another ``attribute``) until one of the
+    module's own parameters (or of ``parameters``, when given) changes: in place (its version
+    counter moves, as an optimizer step does) or by replacement (its storage moves, as
+    ``load_state_dict`` or ``.to`` do). While autograd records, it is recomputed every call so that
+    gradients flow through it; so it is for parameters made under ``torch.inference_mode``, which
+    have no version counter to watch.
 
     The parameters are read from ``module._parameters`` rather than by name: each named access
     goes through ``nn.Module.__getattr__`` (about 0.4 us), which a batch-1 CPU step cannot spare."""

@@ -106,16 +106,16 @@ class Skip(NamedTuple):
     ssm_state: torch.Tensor  # (K_up, batch, E, N) and SSM states
 
 
-FIELDS = [f for f in StackedMambaWeights._fields if f != "norm_eps"]  # the stacked tensors
+_STACKED = [f for f in StackedMambaWeights._fields if f != "norm_eps"]  # the stacked tensors
 
 
 def _through_skip(step, u, weights, conv_state, ssm_state, skip: Skip):
     """The down blocks (the first len(conv_state) of ``weights``), the skip connection, the up
     blocks, each stage by ``step``."""
     k = len(conv_state)
-    u = step(u, weights._replace(**{f: getattr(weights, f)[:k] for f in FIELDS}), conv_state, ssm_state)
+    u = step(u, weights._replace(**{f: getattr(weights, f)[:k] for f in _STACKED}), conv_state, ssm_state)
     skip.out.copy_(u)
-    return step(u + skip.add, weights._replace(**{f: getattr(weights, f)[k:] for f in FIELDS}), skip.conv_state,
+    return step(u + skip.add, weights._replace(**{f: getattr(weights, f)[k:] for f in _STACKED}), skip.conv_state,
                 skip.ssm_state)
 
 

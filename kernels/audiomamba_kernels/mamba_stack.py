@@ -193,9 +193,9 @@ def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_
 
 
 def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None):
-    """All K blocks' step in one launch; arguments and result as ``mamba_stack_step_ref``, and
-    ``skip`` as ``mamba_level_step_ref``'s (then the states are the down stage's, the up stage's
-    follow in ``skip``)."""
+    """All the blocks' step in one launch; arguments and result as ``mamba_stack_step_ref``, its
+    ``skip`` included (then the states given are the down stage's, and ``skip`` holds the up
+    stage's)."""
     states = [("conv", conv_state), ("SSM", ssm_state)]
     if skip is not None:
         states += [("conv", skip.conv_state), ("SSM", skip.ssm_state)]
@@ -210,7 +210,8 @@ def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None):
     if skip is None:  # never reached: the skip's tensors are placeholders
         skip_at, after_conv, after_ssm, skip_out, skip_in = K, conv_state, ssm_state, out, u
     else:
-        skip_at, after_conv, after_ssm, skip_out, skip_in = len(conv_state), skip.conv_state, skip.ssm_state, skip.out, skip.add
+        skip_at, after_conv, after_ssm = len(conv_state), skip.conv_state, skip.ssm_state
+        skip_out, skip_in = skip.out, skip.add
         if not (skip_out.stride(1) == skip_in.stride(1) == 1 and skip_out.dtype == skip_in.dtype == torch.float32):
             raise ValueError("the skip connection's rows must be fp32 with contiguous columns")
     h_pad, n_pad, r_pad, w_pad = (triton.next_power_of_2(H), triton.next_power_of_2(N),

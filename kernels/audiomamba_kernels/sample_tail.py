@@ -5,7 +5,9 @@ log-likelihood, the token stores and the next input's embedding.
 Same contract as ``audiomamba.sample.sample_tail_ref`` (the test oracle), for top_p = 1 (a
 nucleus needs a sort; the caller uses the reference then). One program per clip makes its 256
 logits (and its unconditioned twin's, when guided) from the backbone's output in fp32 FMAs.
-PyTorch's version is about twenty-five small kernels; at batch 1 they took a fifth of a step.
+PyTorch's version is about twenty small kernels for the sampling alone; with the norm, the head,
+the embedding and the U-Net's copies, the kernels outside the blocks took 13.5 us of sc09_mamba's
+110 us step at batch 1 (BENCHMARKS.md, "Generation, session 15").
 """
 from __future__ import annotations
 
