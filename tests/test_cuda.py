@@ -66,6 +66,22 @@ def test_cuda_graph_sampling_reproduces_eager_sampling(guidance, blocks):
     torch.testing.assert_close(graphed.loglik_bits, eager.loglik_bits, rtol=1e-5, atol=1e-3)
 
 
+def test_stacked_stage_weights_follow_an_in_place_change_between_generations():
+    """A stage's stacked Mamba weights, and a level's (its down and up stages' together), are cached
+    once per generation; an in-place change of either stage's parameters must show in the next."""
+    m = model(blocks=ALL_MAMBA)
+    generate(m, 2, 40, batch_size=2, seed=1, label=1)  # fills the caches
+    with torch.no_grad():
+        m.backbone.down[0][0].block.out_proj.weight.mul_(1.5)  # the outer level's down stage
+        m.backbone.up[1][1].block.in_proj.weight.mul_(0.5)  # the middle level's up stage
+    got = generate(m, 2, 40, batch_size=2, seed=1, label=1)
+    fresh = model(blocks=ALL_MAMBA)
+    fresh.load_state_dict(m.state_dict())
+    want = generate(fresh, 2, 40, batch_size=2, seed=1, label=1)
+    assert torch.equal(got.tokens, want.tokens)
+    torch.testing.assert_close(got.loglik_bits, want.loglik_bits, rtol=1e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize("blocks", [MIXED, HYBRID], ids=["mixed", "hybrid"])
 def test_bf16_training_forward_stays_close_to_fp32(blocks):
     m = model(blocks=blocks).train()
