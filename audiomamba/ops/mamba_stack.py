@@ -17,7 +17,8 @@ blocks stacked together, with a ``Skip`` between them.
 
 For CUDA tensors, when the kernels are importable, ``mamba_stack_step`` is one Triton kernel for
 all K blocks (``audiomamba_kernels.mamba_stack``): each program keeps its batch row's residual
-stream in registers from block to block, so a stage's step is one launch instead of 3K. That
+stream in registers from block to block, so a stage's step is one launch instead of 3K (at
+batches of a few rows, several programs share a row's channels). That
 pays for narrow stages at moderate batches only (``fused_step_pays``); elsewhere the stage runs
 block by block with the per-block kernels. Without the kernels it runs block by block with the
 per-block references.

@@ -20,8 +20,19 @@ may come in bf16 (``narrow_projections``, where that is exact); they are widened
 Each row's program reads its stage's weights from L2 (128 KiB per block at width 64 in fp32),
 so the kernel pays for narrow stages and moderate batches only; ``fused_step_pays`` says where,
 from the measurements in BENCHMARKS.md (H100, "Generation, session 10").
+
+A split row. At batch 1 a row's program is one SM streaming every weight of every block, and
+its time is latency. Where it pays (``programs_per_row``), SPLIT programs share a row, each
+taking E / SPLIT inner channels. Each program holds the whole stream u, so each computes the
+LayerNorm itself; the two sums over all channels, x_proj's and out_proj's, are exchanged: every
+program stores its share, waits at a barrier on a counter in global memory (``_row_barrier``)
+and sums all shares in the same order, so every program keeps the same u. A launch's last
+program to finish sets the row's counters back to zero, so a CUDA graph can replay it.
 """
 from __future__ import annotations
+
+import functools
+import os
 
 import torch
 import triton
@@ -35,6 +46,10 @@ FEW_ROWS = 128  # up to this batch, 8 warps for tiles of more than 8192 weights
 MAX_WIDTH = 128  # where this kernel measured faster than the per-block kernels: stages up to this
 MAX_ROWS_WIDTH2 = 1024 * 64**2  # width, at batch x width^2 (the weights read per block) up to this
 BF16_MAX_WIDTH = 128  # stages up to this width read their projections in bf16 where that is exact
+SPLIT_ROWS = 64  # at most this many programs in all when rows are split (all must run at once)
+SPLIT_WIDTH, SPLIT_PROGRAMS = 128, 16  # rows of this width are split over this many programs, where they fit
+
+_ROW_COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 
 def fused_step_pays(batch: int, width: int) -> bool:
@@ -54,6 +69,31 @@ def chunk_channels(E: int, h_pad: int) -> int:
     """CE, the inner channels a chunk of a block's front or back pass takes: (CE, H_PAD) weight
     tiles of at most TILE elements, and no more than E (rounded up to a power of two)."""
     return min(triton.next_power_of_2(E), max(16, TILE // h_pad))
+
+
+def programs_per_row(u: torch.Tensor, E: int) -> int:
+    """How many programs share a batch row's E inner channels (u: (batch, H)). Measured
+    (BENCHMARKS.md, "Generation, session 22"): at width 128 and batches up to 4, 16 programs a row
+    take 6.2-6.3 us a block against 7.4-7.5 for one; at width 64 one program a row is fastest.
+    Split rows wait for each other twice a block, on counters in global memory, so every program
+    must be resident at once: never under the Triton interpreter, which runs programs one after
+    another, and never more programs than the device has SMs."""
+    batch, width = u.shape
+    if not u.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1" or width != SPLIT_WIDTH:
+        return 1
+    fits = split_fits(batch, E, SPLIT_PROGRAMS) and batch * SPLIT_PROGRAMS <= _sm_count(u.device.index)
+    return SPLIT_PROGRAMS if fits else 1
+
+
+@functools.cache
+def _sm_count(device_index: int | None) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def split_fits(batch: int, E: int, split: int) -> bool:
+    """Whether rows of E inner channels can be split over ``split`` programs each: a power of two
+    that divides E, and at most SPLIT_ROWS programs in all."""
+    return split == triton.next_power_of_2(split) and E % split == 0 and batch * split <= SPLIT_ROWS
 
 
 def _num_warps(batch: int, tile: int) -> int:
@@ -127,26 +167,56 @@ def _back(x, z, dt_low, Bv, Cv, w_dt, dt_b, D, s, A, w_out, ssm_row, e, e_ok, n,
 
 
 @triton.jit
+def _row_barrier(sync, arrivals):
+    """Wait until the row's programs have made ``arrivals`` arrivals in all (counted at ``sync``),
+    this one's included; every store made before it is then visible to the row's programs."""
+    tl.debug_barrier()  # the program's own stores (from all its threads) before its arrival
+    tl.atomic_add(sync, 1, sem="release", scope="gpu")
+    while tl.load(sync, volatile=True) < arrivals:  # plain reads: atomics would queue behind each other
+        pass
+    tl.atomic_add(sync, 0, sem="acquire", scope="gpu")  # what the others stored before arriving is visible
+    tl.debug_barrier()
+
+
+@triton.jit
+def _publish(shares, part, value, idx, WIDTH: tl.constexpr):
+    """Store this program's ``value`` (WIDTH,) at row ``part`` of a (SPLIT, WIDTH) buffer."""
+    tl.store(shares + part * WIDTH + idx, value)
+
+
+@triton.jit
+def _gather_sum(shares, idx, SPLIT: tl.constexpr, WIDTH: tl.constexpr):
+    """The sum over the rows of a (SPLIT, WIDTH) buffer, read from L2 (past the L1 cache, which
+    may hold what was there before), in the same order in every program."""
+    return tl.sum(tl.load(shares + tl.arange(0, SPLIT)[:, None] * WIDTH + idx[None, :], cache_modifier=".cg"), 0)
+
+
+@triton.jit
 def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_ptr, conv_w_ptr, conv_b_ptr,
                       xp_ptr, dtw_ptr, dtb_ptr, A_ptr, D_ptr, out_w_ptr, conv_ptr, ssm_ptr, conv_after_ptr,
                       ssm_after_ptr, skip_at, skip_out_ptr, skip_out_stride, skip_in_ptr, skip_in_stride,
-                      n_blocks, batch, H, E, N, R, eps, H_PAD: tl.constexpr, CE: tl.constexpr, N_PAD: tl.constexpr,
-                      R_PAD: tl.constexpr, WIDTH: tl.constexpr, W_PAD: tl.constexpr, EXACT: tl.constexpr,
-                      PDL: tl.constexpr):
+                      sync_ptr, shares_ptr, n_blocks, batch, H, E, N, R, eps, H_PAD: tl.constexpr,
+                      CE: tl.constexpr, N_PAD: tl.constexpr, R_PAD: tl.constexpr, WIDTH: tl.constexpr,
+                      W_PAD: tl.constexpr, SPLIT: tl.constexpr, EXACT: tl.constexpr, PDL: tl.constexpr):
     b = tl.program_id(0)
+    part = tl.program_id(1)  # which of the row's SPLIT shares of the inner channels this program takes
     h, n, r, w = tl.arange(0, H_PAD), tl.arange(0, N_PAD), tl.arange(0, R_PAD), tl.arange(0, W_PAD)
     h_ok, n_ok, r_ok, w_ok = h < H, n < N, r < R, w < WIDTH
     if EXACT:  # every size is its padded size: masks the compiler sees as all-true, and drops
         h_ok, n_ok, r_ok, w_ok = h < H_PAD, n < N_PAD, r < R_PAD, w < W_PAD
     P = R + 2 * N  # x_proj's rows: [0, R) dt_low, [R, R + N) B, [R + N, R + 2N) C
+    e_begin = part * (E // SPLIT)
+    e_end = e_begin + E // SPLIT
     wait_for_inputs(PDL)
     release_dependents(PDL)
     u = tl.load(u_ptr + b * H + h, mask=h_ok, other=0.0).to(tl.float32)
     x_scratch = scratch_ptr + b * 2 * E
     z_scratch = x_scratch + E
+    sync = sync_ptr + b * 2  # a split row's arrivals, then its exits
+    shares = shares_ptr + b * SPLIT * (R_PAD + 2 * N_PAD + H_PAD)  # its programs' x_proj shares, then out_proj's
     for k in range(n_blocks):
         if k == skip_at:  # the U-Net's skip connection: the stream goes out, the upsampled row comes in
-            tl.store(skip_out_ptr + b * skip_out_stride + h, u, mask=h_ok)
+            tl.store(skip_out_ptr + b * skip_out_stride + h, u, mask=h_ok & (part == 0))
             u += tl.load(skip_in_ptr + b * skip_in_stride + h, mask=h_ok, other=0.0)
         if k < skip_at:
             conv_row = conv_ptr + (k * batch + b) * E * WIDTH
@@ -165,9 +235,9 @@ def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_
         dt_low = tl.zeros([R_PAD], dtype=tl.float32)
         Bv = tl.zeros([N_PAD], dtype=tl.float32)
         Cv = tl.zeros([N_PAD], dtype=tl.float32)
-        for e0 in range(0, E, CE):
+        for e0 in range(e_begin, e_end, CE):
             e = e0 + tl.arange(0, CE)
-            e_ok = (tl.arange(0, CE) < CE) if EXACT else (e < E)
+            e_ok = (tl.arange(0, CE) < CE) if EXACT else (e < e_end)
             w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C = _front_loads(
                 in_w, conv_row, conv_w, conv_b, xp, e, e_ok, h, h_ok, w, w_ok, r, r_ok, n, n_ok, E, H, R, N, WIDTH)
             x, z, dt_part, B_part, C_part = _front(un, w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C,
@@ -177,25 +247,54 @@ def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_
             dt_low += dt_part
             Bv += B_part
             Cv += C_part
+        if SPLIT > 1:  # x_proj summed over the row's programs
+            _publish(shares, part, dt_low, r, R_PAD)
+            _publish(shares + SPLIT * R_PAD, part, Bv, n, N_PAD)
+            _publish(shares + SPLIT * (R_PAD + N_PAD), part, Cv, n, N_PAD)
+            _row_barrier(sync, (2 * k + 1) * SPLIT)
+            dt_low = _gather_sum(shares, r, SPLIT, R_PAD)
+            Bv = _gather_sum(shares + SPLIT * R_PAD, n, SPLIT, N_PAD)
+            Cv = _gather_sum(shares + SPLIT * (R_PAD + N_PAD), n, SPLIT, N_PAD)
         tl.debug_barrier()  # the fronts' scratch writes before the backs read them
         out = tl.zeros([H_PAD], dtype=tl.float32)
-        for e0 in range(0, E, CE):
+        for e0 in range(e_begin, e_end, CE):
             e = e0 + tl.arange(0, CE)
-            e_ok = (tl.arange(0, CE) < CE) if EXACT else (e < E)
+            e_ok = (tl.arange(0, CE) < CE) if EXACT else (e < e_end)
             w_dt, db, Dv, s, Av, w_out = _back_loads(dt_w, dt_b, A, D, out_w, ssm_row, e, e_ok, h, h_ok, r, r_ok,
                                                      n, n_ok, E, R, N)
             x = tl.load(x_scratch + e, mask=e_ok, other=0.0)
             z = tl.load(z_scratch + e, mask=e_ok, other=0.0)
             out += _back(x, z, dt_low, Bv, Cv, w_dt, db, Dv, s, Av, w_out, ssm_row, e, e_ok, n, n_ok, N)
         tl.debug_barrier()  # the backs' scratch reads before the next block's writes
+        if SPLIT > 1:  # out_proj summed over the row's programs
+            _publish(shares + SPLIT * (R_PAD + 2 * N_PAD), part, out, h, H_PAD)
+            _row_barrier(sync, (2 * k + 2) * SPLIT)
+            out = _gather_sum(shares + SPLIT * (R_PAD + 2 * N_PAD), h, SPLIT, H_PAD)
         u += out
-    tl.store(out_ptr + b * H + h, u.to(out_ptr.dtype.element_ty), mask=h_ok)
+    tl.store(out_ptr + b * H + h, u.to(out_ptr.dtype.element_ty), mask=h_ok & (part == 0))
+    if SPLIT > 1:  # the last of the row's programs to leave sets its counts back to zero for the next launch
+        tl.debug_barrier()
+        if tl.atomic_add(sync + 1, 1, sem="acq_rel", scope="gpu") == SPLIT - 1:
+            tl.atomic_xchg(sync, 0, sem="relaxed", scope="gpu")
+            tl.atomic_xchg(sync + 1, 0, sem="relaxed", scope="gpu")
 
 
-def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None):
+def _row_counters(device: torch.device) -> torch.Tensor:
+    """The (SPLIT_ROWS, 2) int32 arrival and exit counts of split rows on ``device``: zero between
+    launches (each launch's last program sets them back), made once and kept, so that a CUDA graph
+    may hold their address."""
+    counters = _ROW_COUNTERS.get(device)
+    if counters is None:
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("step once outside CUDA graph capture first: split rows' counters must exist")
+        counters = _ROW_COUNTERS[device] = torch.zeros(SPLIT_ROWS, 2, dtype=torch.int32, device=device)
+    return counters
+
+
+def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None, split=None):
     """All the blocks' step in one launch; arguments and result as ``mamba_stack_step_ref``, its
     ``skip`` included (then the states given are the down stage's, and ``skip`` holds the up
-    stage's)."""
+    stage's). ``split``: programs per batch row (default ``programs_per_row``)."""
     states = [("conv", conv_state), ("SSM", ssm_state)]
     if skip is not None:
         states += [("conv", skip.conv_state), ("SSM", skip.ssm_state)]
@@ -205,6 +304,10 @@ def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None):
     w = weights
     K, batch, E, width = w.in_proj.shape[0], *conv_state.shape[1:]
     H, N, R = u.shape[1], ssm_state.shape[3], w.dt_proj.shape[2]
+    split = programs_per_row(u, E) if split is None else split
+    if split > 1 and not (u.is_cuda and split_fits(batch, E, split)):
+        raise ValueError(f"{split} programs a row need CUDA, a power of two dividing the {E} inner channels, and "
+                         f"at most {SPLIT_ROWS} programs in all (batch {batch})")
     u = u.contiguous()
     out = torch.empty_like(u)
     if skip is None:  # never reached: the skip's tensors are placeholders
@@ -214,18 +317,23 @@ def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None):
         skip_out, skip_in = skip.out, skip.add
         if not (skip_out.stride(1) == skip_in.stride(1) == 1 and skip_out.dtype == skip_in.dtype == torch.float32):
             raise ValueError("the skip connection's rows must be fp32 with contiguous columns")
-    h_pad, n_pad, r_pad, w_pad = (triton.next_power_of_2(H), triton.next_power_of_2(N),
-                                  max(2, triton.next_power_of_2(R)), triton.next_power_of_2(width))
-    ce = chunk_channels(E, h_pad)
+    h_pad, share = triton.next_power_of_2(H), E // split  # share: a program's inner channels
+    n_pad, r_pad, w_pad = triton.next_power_of_2(N), max(2, triton.next_power_of_2(R)), triton.next_power_of_2(width)
+    ce = min(chunk_channels(E, h_pad), triton.next_power_of_2(share))
     num_warps = _num_warps(batch, ce * h_pad)
-    exact = _masks_exact((H, N, R, width, E % ce), (h_pad, n_pad, r_pad, w_pad, 0),
+    exact = _masks_exact((H, N, R, width, share % ce), (h_pad, n_pad, r_pad, w_pad, 0),
                          w.in_proj.dtype == torch.bfloat16, num_warps, ce * h_pad)
     scratch = torch.empty(batch, 2, E, device=u.device, dtype=torch.float32)
+    if split > 1:
+        counters = _row_counters(u.device)
+        shares = torch.empty(batch, split, r_pad + 2 * n_pad + h_pad, device=u.device, dtype=torch.float32)
+    else:  # never read
+        counters, shares = scratch, scratch
     pdl = launch_options(u)
-    _mamba_stack_step[(batch,)](
+    _mamba_stack_step[(batch, split)](
         u, out, scratch, w.norm_weight, w.norm_bias, w.in_proj, w.conv_weight, w.conv_bias, w.x_proj, w.dt_proj,
         w.dt_bias, w.A, w.D, w.out_proj, conv_state, ssm_state, after_conv, after_ssm, skip_at, skip_out,
-        skip_out.stride(0), skip_in, skip_in.stride(0), K, batch, H, E, N, R, w.norm_eps,
-        H_PAD=h_pad, CE=ce, N_PAD=n_pad, R_PAD=r_pad, WIDTH=width, W_PAD=w_pad,
+        skip_out.stride(0), skip_in, skip_in.stride(0), counters, shares, K, batch, H, E, N, R, w.norm_eps,
+        H_PAD=h_pad, CE=ce, N_PAD=n_pad, R_PAD=r_pad, WIDTH=width, W_PAD=w_pad, SPLIT=split,
         EXACT=exact, PDL=bool(pdl), num_warps=num_warps, **pdl)
     return out

@@ -54,23 +54,51 @@ def states_alike(stage, batch):
     return got_state, want_state
 
 
+def assert_steps_match(stage, batch, precision, split=None):
+    """Three steps of the kernel from a random state, against the reference on the fp32 weights."""
+    weights = kernel_weights(stage, precision)
+    reference_weights = kernel_weights(stage, "fp32")
+    got_state, want_state = states_alike(stage, batch)
+    H = stage[0].norm.weight.shape[0]
+    for _ in range(3):
+        u = torch.randn(batch, H, device=DEVICE)
+        got = kernels.mamba_stack_step(u, weights, got_state.conv, got_state.ssm, split=split)
+        want = mamba_stack_step_ref(u, reference_weights, want_state.conv, want_state.ssm)
+        assert rel_err(got, want) <= 1e-5
+    assert rel_err(got_state.conv, want_state.conv) <= 1e-5
+    assert rel_err(got_state.ssm, want_state.ssm) <= 1e-5
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])  # of the projections the kernel reads
 @pytest.mark.parametrize("tile", ["default", "small"])  # small: the channels in several chunks
 @pytest.mark.parametrize("batch, H, N, K", SHAPES)
 def test_one_kernel_for_the_stage_matches_the_block_by_block_reference(batch, H, N, K, tile, precision, monkeypatch):
     if tile == "small":
         monkeypatch.setattr(kernels, "TILE", 16 * H)
-    stage = random_stage(H, N, K, bf16_values=precision == "bf16")
-    weights = kernel_weights(stage, precision)
-    reference_weights = kernel_weights(stage, "fp32")
-    got_state, want_state = states_alike(stage, batch)
-    for _ in range(3):
-        u = torch.randn(batch, H, device=DEVICE)
-        got = kernels.mamba_stack_step(u, weights, got_state.conv, got_state.ssm)
-        want = mamba_stack_step_ref(u, reference_weights, want_state.conv, want_state.ssm)
-        assert rel_err(got, want) <= 1e-5
-    assert rel_err(got_state.conv, want_state.conv) <= 1e-5
-    assert rel_err(got_state.ssm, want_state.ssm) <= 1e-5
+    assert_steps_match(random_stage(H, N, K, bf16_values=precision == "bf16"), batch, precision)
+
+
+def test_a_row_is_split_over_programs_only_on_the_gpu():
+    """Split rows wait for each other, which the interpreter (one program after another) cannot run."""
+    u = torch.randn(1, 128)
+    assert kernels.programs_per_row(u, 256) == 1
+    stage = random_stage(128, 16, 1)
+    states = stage.to("cpu").initial_state(1, "cpu")
+    with pytest.raises(ValueError, match="need CUDA"):
+        kernels.mamba_stack_step(u, kernel_weights(stage, "fp32"), states.conv, states.ssm, split=2)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="a split row's programs wait for each other, so they must run at once")
+@pytest.mark.parametrize("batch, H, N, K, split", [(1, 64, 16, 8, 2), (1, 64, 16, 8, 16), (1, 128, 16, 8, 2),
+                                                   (1, 128, 16, 8, 8), (3, 256, 16, 4, 8), (3, 256, 16, 4, 16),
+                                                   (2, 24, 8, 2, 2), (2, 24, 8, 2, 16)])  # split: programs a row
+def test_a_row_split_over_several_programs_matches_the_reference(batch, H, N, K, split):
+    """Each program takes a share of the inner channels; x_proj's and out_proj's sums are gathered
+    over the row's programs twice a block. The counters they wait on are back at zero after each
+    launch, ready for the next (the three steps would go wrong otherwise)."""
+    assert_steps_match(random_stage(H, N, K, bf16_values=True), batch, "bf16", split=split)
+    torch.cuda.synchronize()
+    assert kernels._ROW_COUNTERS[torch.device(DEVICE, torch.cuda.current_device())].eq(0).all()
 
 
 def test_the_per_block_kernels_read_narrowed_projections_as_the_same_numbers():
@@ -91,9 +119,9 @@ def test_the_per_block_kernels_read_narrowed_projections_as_the_same_numbers():
     assert rel_err(got_state.ssm, want_state.ssm) <= 1e-5
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision, split", [("fp32", 1), ("bf16", 1)] + [("bf16", 4)] * (DEVICE == "cuda"))
 @pytest.mark.parametrize("batch, H, N, k_down, k_up", [(2, 16, 4, 2, 3), (3, 32, 16, 1, 1)])
-def test_a_level_through_its_skip_connection_matches_the_reference(batch, H, N, k_down, k_up, precision):
+def test_a_level_through_its_skip_connection_matches_the_reference(batch, H, N, k_down, k_up, precision, split):
     """A U-Net level's down blocks, skip connection and up blocks in one launch: the down blocks'
     output lands in a strided slot of the pooling window, the upsampled row (strided too) is added,
     and the up blocks step on their own states."""
@@ -106,7 +134,8 @@ def test_a_level_through_its_skip_connection_matches_the_reference(batch, H, N, 
     for slot in range(3):
         u = torch.randn(batch, H, device=DEVICE)
         got = kernels.mamba_stack_step(u, weights, got_down.conv, got_down.ssm,
-                                       Skip(got_window[:, slot], upsampled[:, slot + 1], got_up.conv, got_up.ssm))
+                                       Skip(got_window[:, slot], upsampled[:, slot + 1], got_up.conv, got_up.ssm),
+                                       split=split)
         want = mamba_stack_step_ref(u, reference_weights, want_down.conv, want_down.ssm,
                                     Skip(want_window[:, slot], upsampled[:, slot + 1], want_up.conv, want_up.ssm))
         assert rel_err(got, want) <= 1e-5
