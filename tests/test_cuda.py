@@ -22,11 +22,11 @@ HYBRID = dict(outer=["mamba2", "attention", "mlp"], center=["attention", "mamba2
               attention_window=8)  # the window wraps at the outer stage
 
 
-def model(n_classes=2, blocks=MIXED, bf16_values=False):
+def model(n_classes=2, blocks=MIXED, bf16_values=False, d_model=16):
     """A random model; with ``bf16_values`` every parameter holds a bf16 value, as when loaded from
     a bf16 checkpoint (the stages then read their Mamba projections in bf16)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(d_model=16, pool=[4, 4], s4d_state=8, mamba_state=8, n_classes=n_classes, **blocks)
+    cfg = ModelConfig(d_model=d_model, pool=[4, 4], s4d_state=8, mamba_state=8, n_classes=n_classes, **blocks)
     m = WaveformLM(cfg).cuda().eval()
     return round_to_bf16(m) if bf16_values else m
 
@@ -64,6 +64,20 @@ def test_cuda_graph_sampling_reproduces_eager_sampling(guidance, blocks):
     eager = generate(m, 5, 70, batch_size=5, seed=3, label=1, guidance=guidance, prefix=prefix, cuda_graphs=False)
     assert torch.equal(graphed.tokens, eager.tokens)
     torch.testing.assert_close(graphed.loglik_bits, eager.loglik_bits, rtol=1e-5, atol=1e-3)
+
+
+def test_cuda_graph_sampling_through_split_rows_matches_eager_sampling_without_them(monkeypatch):
+    """At batch 2 the width-128 center's rows are split over several programs (``programs_per_row``),
+    which wait for each other on counters that every launch sets back to zero. Replayed from CUDA
+    graphs, they sample what one program a row samples eagerly."""
+    kernels = triton_kernels.load("mamba_stack")
+    m = model(blocks=ALL_MAMBA, d_model=32)  # widths 32, 64 and 128
+    assert kernels.programs_per_row(torch.empty(2, 128, device="cuda"), 256) > 1
+    split = generate(m, 2, 70, batch_size=2, seed=3, label=1, cuda_graphs=True)
+    monkeypatch.setattr(kernels, "SPLIT_WIDTH", 0)
+    whole = generate(m, 2, 70, batch_size=2, seed=3, label=1, cuda_graphs=False)
+    assert torch.equal(split.tokens, whole.tokens)
+    torch.testing.assert_close(split.loglik_bits, whole.loglik_bits, rtol=1e-5, atol=1e-3)
 
 
 def test_stacked_stage_weights_follow_an_in_place_change_between_generations():
