@@ -77,7 +77,7 @@ def chunk_channels(E: int, h_pad: int) -> int:
 def programs_per_row(u: torch.Tensor, E: int) -> int:
     """How many programs share a batch row's E inner channels (u: (batch, H)). Measured
     (BENCHMARKS.md, "Generation, session 22"): at width 128 and batches up to 4, 16 programs a row
-    take 6.2-6.3 us a block against 7.4-7.5 for one; at width 64 one program a row is fastest.
+    take 6.2-6.3 us a block against 7.4-7.6 for one; at width 64 one program a row is fastest.
     Split rows wait for each other twice a block, on counters in global memory, so every program
     must be resident at once: never under the Triton interpreter, which runs programs one after
     another, and never more programs than the device has SMs."""

@@ -94,8 +94,8 @@ def test_a_row_is_split_over_programs_only_on_the_gpu():
                                                    (2, 24, 8, 2, 2), (2, 24, 8, 2, 16)])  # split: programs a row
 def test_a_row_split_over_several_programs_matches_the_reference(batch, H, N, K, split):
     """Each program takes a share of the inner channels; x_proj's and out_proj's sums are gathered
-    over the row's programs twice a block. The counters they wait on are back at zero after each
-    launch, ready for the next (the three steps would go wrong otherwise)."""
+    over the row's programs twice a block. The counters they wait on are back at zero after the
+    launches: counts left raised would let the next launch's programs run past its barriers."""
     assert_steps_match(random_stage(H, N, K, bf16_values=True), batch, "bf16", split=split)
     torch.cuda.synchronize()
     assert kernels._ROW_COUNTERS[torch.device(DEVICE, torch.cuda.current_device())].eq(0).all()
