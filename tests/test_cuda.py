@@ -66,15 +66,18 @@ def test_cuda_graph_sampling_reproduces_eager_sampling(guidance, blocks):
     torch.testing.assert_close(graphed.loglik_bits, eager.loglik_bits, rtol=1e-5, atol=1e-3)
 
 
-def test_cuda_graph_sampling_through_split_rows_matches_eager_sampling_without_them(monkeypatch):
-    """At batch 2 the width-128 center's rows are split over several programs (``programs_per_row``),
-    which wait for each other on counters that every launch sets back to zero. Replayed from CUDA
-    graphs, they sample what one program a row samples eagerly."""
+@pytest.mark.parametrize("d_model", [32, 64])  # centers of width 128 and 256
+def test_cuda_graph_sampling_through_split_rows_matches_eager_sampling_without_them(d_model, monkeypatch):
+    """At batch 2 the center's rows are split over several programs (``programs_per_row``), which
+    wait for each other on counters that every launch sets back to zero. Replayed from CUDA
+    graphs, they sample what the center samples eagerly without them (in one program a row at
+    width 128, in the per-block kernels at width 256)."""
     kernels = triton_kernels.load("mamba_stack")
-    m = model(blocks=ALL_MAMBA, d_model=32)  # widths 32, 64 and 128
-    assert kernels.programs_per_row(torch.empty(2, 128, device="cuda"), 256) > 1
+    m = model(blocks=ALL_MAMBA, d_model=d_model)
+    center = 4 * d_model
+    assert kernels.programs_per_row(torch.empty(2, center, device="cuda"), 2 * center) > 1
     split = generate(m, 2, 70, batch_size=2, seed=3, label=1, cuda_graphs=True)
-    monkeypatch.setattr(kernels, "SPLIT_WIDTH", 0)
+    monkeypatch.setattr(kernels, "ROW_SPLITS", {})
     whole = generate(m, 2, 70, batch_size=2, seed=3, label=1, cuda_graphs=False)
     assert torch.equal(split.tokens, whole.tokens)
     torch.testing.assert_close(split.loglik_bits, whole.loglik_bits, rtol=1e-5, atol=1e-3)

@@ -18,10 +18,10 @@ blocks stacked together, with a ``Skip`` between them.
 For CUDA tensors, when the kernels are importable, ``mamba_stack_step`` is one Triton kernel for
 all K blocks (``audiomamba_kernels.mamba_stack``): each program keeps its batch row's residual
 stream in registers from block to block, so a stage's step is one launch instead of 3K (at
-batches of a few rows, several programs share a row's channels). That
-pays for narrow stages at moderate batches only (``fused_step_pays``); elsewhere the stage runs
-block by block with the per-block kernels. Without the kernels it runs block by block with the
-per-block references.
+batches of a few rows, several programs share a row's channels). That pays for narrow stages at
+moderate batches, and for wider ones at batches of one or a few rows (``fused_step_pays``);
+elsewhere the stage runs block by block with the per-block kernels. Without the kernels it runs
+block by block with the per-block references.
 """
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None):
     """The blocks' step: one kernel on CUDA where it pays, else block by block with the per-block
     kernels (or references); see :func:`mamba_stack_step_ref`."""
     kernels = triton_kernels.load("mamba_stack") if u.is_cuda else None
-    if kernels and kernels.fused_step_pays(*u.shape):
+    if kernels and kernels.fused_step_pays(u, weights.in_proj.shape[1] // 2):
         return kernels.mamba_stack_step(u, weights, conv_state, ssm_state, skip)
     if not kernels:
         return mamba_stack_step_ref(u, weights, conv_state, ssm_state, skip)

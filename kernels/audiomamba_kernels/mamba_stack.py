@@ -18,19 +18,21 @@ Where every size equals its padded one, the masks become constants and compile a
 Everything is fp32 FMAs and reductions: one row gives no tile for tensor cores. The projections
 may come in bf16 (``narrow_projections``, where that is exact); they are widened as they load.
 Each row's program reads its stage's weights from L2 (128 KiB per block at width 64 in fp32),
-so the kernel pays for narrow stages and moderate batches only; ``fused_step_pays`` says where,
-from the measurements in BENCHMARKS.md (H100, "Generation, session 10").
+so one program a row pays for narrow stages and moderate batches only; ``fused_step_pays`` says
+where, from the measurements in BENCHMARKS.md (H100, "Generation, session 10"; H200, sessions
+22 and 23 for split rows).
 
 A split row. At batch 1 a row's program is one SM streaming every weight of every block, and
 its time is latency. Where it pays (``programs_per_row``), SPLIT programs share a row, each
-taking E / SPLIT inner channels. Each program holds the whole stream u, so each computes the
-LayerNorm itself; the two sums over all channels, x_proj's and out_proj's, are exchanged: every
-program stores its share, waits at a barrier on a counter in global memory (``_row_barrier``)
-and sums all shares in the same order, so every program keeps the same u. A launch's last
-program to finish sets the row's counters back to zero, so a CUDA graph can replay it. The
-counters are one tensor per device: two launches that split rows must not run at the same time
-on different streams (this project's sampling runs one generation at a time, and so does the
-demo's queue).
+taking E / SPLIT inner channels: at width 128 (in a few warps each) and at width 256, where the
+fused kernel with split rows beats the per-block kernels. Each program holds the whole stream u,
+so each computes the LayerNorm itself; the two sums over all channels, x_proj's and out_proj's,
+are exchanged: every program stores its share, waits at a barrier on a counter in global memory
+(``_row_barrier``) and sums all shares in the same order, so every program keeps the same u. A
+launch's last program to finish sets the row's counters back to zero, so a CUDA graph can
+replay it. The counters are one tensor per device: two launches that split rows must not run at
+the same time on different streams (this project's sampling runs one generation at a time, and
+so does the demo's queue).
 """
 from __future__ import annotations
 
@@ -50,15 +52,20 @@ MAX_WIDTH = 128  # where this kernel measured faster than the per-block kernels:
 MAX_ROWS_WIDTH2 = 1024 * 64**2  # width, at batch x width^2 (the weights read per block) up to this
 BF16_MAX_WIDTH = 128  # stages up to this width read their projections in bf16 where that is exact
 SPLIT_ROWS = 64  # at most this many programs in all when rows are split (all must run at once)
-SPLIT_WIDTH, SPLIT_PROGRAMS = 128, 16  # rows of this width are split over this many programs, where they fit
+# Measured (BENCHMARKS.md, "Generation, session 23"): per stage width, how rows are split, as
+# (programs a row, warps a program), in order of preference; the first that fits the batch is used.
+ROW_SPLITS = {128: ((32, 1), (16, 4)), 256: ((64, 4), (32, 4), (16, 8))}
 
 _ROW_COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 
-def fused_step_pays(batch: int, width: int) -> bool:
-    """Measured (BENCHMARKS.md): faster at width 64 up to batch 1024 and at width 128 up to batch
-    256; slower at width 128 from batch 512 and at width 256."""
-    return width <= MAX_WIDTH and batch * width**2 <= MAX_ROWS_WIDTH2
+def fused_step_pays(u: torch.Tensor, E: int) -> bool:
+    """Whether this kernel beats the per-block kernels for rows u (batch, H) of E inner channels.
+    Measured (BENCHMARKS.md): one program a row is faster at width 64 up to batch 1024 and at width
+    128 up to batch 256; slower at width 128 from batch 512 and at width 256, except where rows
+    are split (``programs_per_row``)."""
+    batch, width = u.shape
+    return (width <= MAX_WIDTH and batch * width**2 <= MAX_ROWS_WIDTH2) or programs_per_row(u, E) > 1
 
 
 def bf16_projections_pay(width: int) -> bool:
@@ -75,17 +82,20 @@ def chunk_channels(E: int, h_pad: int) -> int:
 
 
 def programs_per_row(u: torch.Tensor, E: int) -> int:
-    """How many programs share a batch row's E inner channels (u: (batch, H)). Measured
-    (BENCHMARKS.md, "Generation, session 22"): at width 128 and batches up to 4, 16 programs a row
-    take 6.2-6.3 us a block against 7.4-7.6 for one; at width 64 one program a row is fastest.
-    Split rows wait for each other twice a block, on counters in global memory, so every program
-    must be resident at once: never under the Triton interpreter, which runs programs one after
-    another, and never more programs than the device has SMs."""
+    """How many programs share a batch row's E inner channels (u: (batch, H)): the first of
+    ``ROW_SPLITS`` that fits. Measured (BENCHMARKS.md, "Generation, sessions 22 and 23"): a block
+    of width 128 takes 7.5 us in one program a row at batch 1, 6.2 in 16 programs and 5.4 in 32;
+    of width 256, 15.1 in the per-block kernels and 6.9 in 64 programs; at width 64 one program a
+    row is fastest. Split rows wait for each other twice a block, on counters in global memory,
+    so every program must be resident at once: never under the Triton interpreter, which runs
+    programs one after another, and never more programs than the device has SMs."""
     batch, width = u.shape
-    if not u.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1" or width != SPLIT_WIDTH:
+    if not u.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
         return 1
-    fits = split_fits(batch, E, SPLIT_PROGRAMS) and batch * SPLIT_PROGRAMS <= _sm_count(u.device.index)
-    return SPLIT_PROGRAMS if fits else 1
+    for programs, _ in ROW_SPLITS.get(width, ()):
+        if split_fits(batch, E, programs) and batch * programs <= _sm_count(u.device.index):
+            return programs
+    return 1
 
 
 @functools.cache
@@ -99,7 +109,9 @@ def split_fits(batch: int, E: int, split: int) -> bool:
     return split == triton.next_power_of_2(split) and E % split == 0 and batch * split <= SPLIT_ROWS
 
 
-def _num_warps(batch: int, tile: int) -> int:
+def _num_warps(batch: int, tile: int, width: int, split: int) -> int:
+    if split > 1:
+        return dict(ROW_SPLITS.get(width, ())).get(split, 4)
     return 8 if batch <= FEW_ROWS and tile > 8192 else 4
 
 
@@ -323,7 +335,7 @@ def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None, split=None):
     h_pad, share = triton.next_power_of_2(H), E // split  # share: a program's inner channels
     n_pad, r_pad, w_pad = triton.next_power_of_2(N), max(2, triton.next_power_of_2(R)), triton.next_power_of_2(width)
     ce = min(chunk_channels(E, h_pad), triton.next_power_of_2(share))
-    num_warps = _num_warps(batch, ce * h_pad)
+    num_warps = _num_warps(batch, ce * h_pad, H, split)
     exact = _masks_exact((H, N, R, width, share % ce), (h_pad, n_pad, r_pad, w_pad, 0),
                          w.in_proj.dtype == torch.bfloat16, num_warps, ce * h_pad)
     scratch = torch.empty(batch, 2, E, device=u.device, dtype=torch.float32)

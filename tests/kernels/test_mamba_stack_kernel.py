@@ -82,6 +82,7 @@ def test_a_row_is_split_over_programs_only_on_the_gpu():
     """Split rows wait for each other, which the interpreter (one program after another) cannot run."""
     u = torch.randn(1, 128)
     assert kernels.programs_per_row(u, 256) == 1
+    assert not kernels.fused_step_pays(torch.randn(1, 256), 512)  # at width 256 only split rows pay
     stage = random_stage(128, 16, 1)
     states = stage.to("cpu").initial_state(1, "cpu")
     with pytest.raises(ValueError, match="need CUDA"):
@@ -89,14 +90,16 @@ def test_a_row_is_split_over_programs_only_on_the_gpu():
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="a split row's programs wait for each other, so they must run at once")
-@pytest.mark.parametrize("batch, H, N, K, split", [(1, 64, 16, 8, 2), (1, 64, 16, 8, 16), (1, 128, 16, 8, 2),
-                                                   (1, 128, 16, 8, 8), (3, 256, 16, 4, 8), (3, 256, 16, 4, 16),
-                                                   (2, 24, 8, 2, 2), (2, 24, 8, 2, 16)])  # split: programs a row
-def test_a_row_split_over_several_programs_matches_the_reference(batch, H, N, K, split):
-    """Each program takes a share of the inner channels; x_proj's and out_proj's sums are gathered
+@pytest.mark.parametrize("batch, H, N, K, split, precision", [  # split: programs a row
+    (1, 64, 16, 8, 2, "bf16"), (1, 64, 16, 8, 16, "bf16"), (1, 128, 16, 8, 2, "bf16"), (1, 128, 16, 8, 8, "bf16"),
+    (1, 128, 16, 8, 32, "bf16"), (3, 256, 16, 4, 8, "bf16"), (3, 256, 16, 4, 16, "fp32"), (1, 256, 16, 4, 64, "fp32"),
+    (2, 256, 16, 4, 32, "fp32"), (2, 24, 8, 2, 2, "bf16"), (2, 24, 8, 2, 16, "bf16")])
+def test_a_row_split_over_several_programs_matches_the_reference(batch, H, N, K, split, precision):
+    """Each program takes a share of the inner channels (in as many warps as ``ROW_SPLITS`` gives
+    at that width, one at width 128 in 32 programs); x_proj's and out_proj's sums are gathered
     over the row's programs twice a block. The counters they wait on are back at zero after the
     launches: counts left raised would let the next launch's programs run past its barriers."""
-    assert_steps_match(random_stage(H, N, K, bf16_values=True), batch, "bf16", split=split)
+    assert_steps_match(random_stage(H, N, K, bf16_values=precision == "bf16"), batch, precision, split=split)
     torch.cuda.synchronize()
     assert kernels._ROW_COUNTERS[torch.device(DEVICE, torch.cuda.current_device())].eq(0).all()
 
