@@ -113,7 +113,7 @@ def print_stack(widths: list[int], arch: int, ghz: float) -> None:
         ce = mamba_stack.chunk_channels(E, h_pad)
         r_pad = max(2, triton.next_power_of_2(R))
         for rows in (1, 256):
-            num_warps = mamba_stack._num_warps(rows, ce * h_pad)
+            num_warps = mamba_stack._num_warps(rows, ce * h_pad, width, 1)
             for projections in ("fp32", "bf16"):
                 exact = mamba_stack._masks_exact((width, R, E % ce), (h_pad, r_pad, 0), projections == "bf16",
                                                  num_warps, ce * h_pad)  # as mamba_stack_step decides
