@@ -24,13 +24,14 @@ where, from the measurements in BENCHMARKS.md (H100, "Generation, session 10"; H
 
 A split row. At batch 1 a row's program is one SM streaming every weight of every block, and
 its time is latency. Where it pays (``programs_per_row``), SPLIT programs share a row, each
-taking E / SPLIT inner channels: at width 128 (in a few warps each) and at width 256, where the
-fused kernel with split rows beats the per-block kernels. Each program holds the whole stream u,
-so each computes the LayerNorm itself; the two sums over all channels, x_proj's and out_proj's,
-are exchanged: every program stores its share, waits at a barrier on a counter in global memory
-(``_row_barrier``) and sums all shares in the same order, so every program keeps the same u. A
-launch's last program to finish sets the row's counters back to zero, so a CUDA graph can
-replay it. The counters are one tensor per device: two launches that split rows must not run at
+taking E / SPLIT inner channels: at width 128, and at width 256, where the fused kernel with
+split rows beats the per-block kernels. ``ROW_SPLITS`` gives each split its warps a program
+(one warp in 32 programs at width 128: every reduction stays within the warp). Each program
+holds the whole stream u, so each computes the LayerNorm itself; the two sums over all
+channels, x_proj's and out_proj's, are exchanged: every program stores its share, waits at a
+barrier on a counter in global memory (``_row_barrier``) and sums all shares in the same order,
+so every program keeps the same u. A launch's last program to finish sets the row's counters
+back to zero, so a CUDA graph can replay it. The counters are one tensor per device: two launches that split rows must not run at
 the same time on different streams (this project's sampling runs one generation at a time, and
 so does the demo's queue).
 """
