@@ -89,6 +89,17 @@ def test_a_row_is_split_over_programs_only_on_the_gpu():
         kernels.mamba_stack_step(u, kernel_weights(stage, "fp32"), states.conv, states.ssm, split=2)
 
 
+def test_every_planned_split_fits_a_row_of_its_width():
+    """Each of ``ROW_SPLITS``' plans divides a batch row's inner channels (expand 2) in a power of
+    two, within the programs that may run at once, in a power of two of warps; and the plans of a
+    width are tried from the most programs down, so a batch gets the most that fit."""
+    for width, plans in kernels.ROW_SPLITS.items():
+        programs = [p for p, _ in plans]
+        assert programs == sorted(programs, reverse=True)
+        for split, warps in plans:
+            assert kernels.split_fits(1, 2 * width, split) and warps in (1, 2, 4, 8, 16)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="a split row's programs wait for each other, so they must run at once")
 @pytest.mark.parametrize("batch, H, N, K, split, precision", [  # split: programs a row
     (1, 64, 16, 8, 2, "bf16"), (1, 64, 16, 8, 16, "bf16"), (1, 128, 16, 8, 2, "bf16"), (1, 128, 16, 8, 8, "bf16"),
