@@ -111,6 +111,8 @@ def split_fits(batch: int, E: int, split: int) -> bool:
 
 
 def _num_warps(batch: int, tile: int, width: int, split: int) -> int:
+    """Warps a program: a split row's from its plan in ``ROW_SPLITS`` (4 for a split it does not
+    list); one program a row: 8 for tiles of more than 8192 weights at few rows, else 4."""
     if split > 1:
         return dict(ROW_SPLITS.get(width, ())).get(split, 4)
     return 8 if batch <= FEW_ROWS and tile > 8192 else 4
