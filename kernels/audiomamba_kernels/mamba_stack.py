@@ -31,9 +31,9 @@ holds the whole stream u, so each computes the LayerNorm itself; the two sums ov
 channels, x_proj's and out_proj's, are exchanged: every program stores its share, waits at a
 barrier on a counter in global memory (``_row_barrier``) and sums all shares in the same order,
 so every program keeps the same u. A launch's last program to finish sets the row's counters
-back to zero, so a CUDA graph can replay it. The counters are one tensor per device: two launches that split rows must not run at
-the same time on different streams (this project's sampling runs one generation at a time, and
-so does the demo's queue).
+back to zero, so a CUDA graph can replay it. The counters are one tensor per device: two
+launches that split rows must not run at the same time on different streams (this project's
+sampling runs one generation at a time, and so does the demo's queue).
 """
 from __future__ import annotations
 
