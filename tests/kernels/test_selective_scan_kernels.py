@@ -152,7 +152,7 @@ def test_the_output_before_the_gate_is_kept_only_when_a_backward_will_follow(mon
 def test_the_scan_is_a_custom_operator_that_torch_compile_keeps_in_one_graph():
     """Registered forward, backward, fake shapes and gradient agree (torch.library.opcheck), and a
     compiled function that calls the scan is one graph: no break at the kernels' launches."""
-    inputs = make_inputs(2, 5, 4, 37, torch.float32, True, True, True)
+    inputs = make_inputs(1, 5, 4, 21, torch.float32, True, True, True)  # two channel blocks, two chunks
     args = tuple(inputs[k].requires_grad_() for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
     result = torch.library.opcheck(kernels._scan, (*args, True, None, True))
     assert all(outcome == "SUCCESS" for outcome in result.values()), result
@@ -163,8 +163,8 @@ def test_the_scan_is_a_custom_operator_that_torch_compile_keeps_in_one_graph():
 def test_the_custom_operator_and_the_eager_function_give_the_same_gradients():
     """Eager code runs the scan as a plain autograd Function and torch.compile the custom operator:
     the same kernels, so the same results to the bit, initial state and D included."""
-    inputs = make_inputs(2, 5, 16, 37, torch.float32, True, True, True)
-    init = torch.randn(2, 5, 16, device=DEVICE)
+    inputs = make_inputs(1, 5, 16, 21, torch.float32, True, True, True)  # two channel blocks, two chunks
+    init = torch.randn(1, 5, 16, device=DEVICE)
     args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")] + [True, init, True]
     grads = []
     for run in (kernels._scan, kernels._eager_scan):
