@@ -40,7 +40,6 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -55,7 +54,13 @@ BACKWARD_TILE = 1024  # (states, T) elements per backward program at most: more 
 LOOP_STAGES = 1  # software-pipelining stages of the loop over a block's channels (tl.range's num_stages)
 LOOP_UNROLL = 1  # unroll factor of that loop
 PASS_CHUNKS = 32  # chunks that _pass_chunks scans at a time (an (n, PASS_CHUNKS) tile; 32-128 time the same on H100)
-GEMM_FROM_BATCH = 1024  # from this batch, fp32 x_proj and dt_proj run as cuBLAS GEMMs (BENCHMARKS.md, session 14)
+# Measured (BENCHMARKS.md, "Generation, session 24"): from these batches the SSM step runs x_proj and
+# dt_proj first, 16 rows a program, then the update; bf16 projections of fewer than 512 channels
+# (half the bytes for the fused kernel to read) pay only from the larger batch.
+PROJECT_FIRST_FROM = 256
+PROJECT_FIRST_FROM_NARROW_BF16 = 1024
+PROJECTION_ROWS = 16  # batch rows a program of _step_projections (the M of its dots; tl.dot needs 16)
+PROJECTION_PROGRAMS = 128  # about this many programs: each recomputes x_proj for its rows, so not more
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x log2 e): the chunk kernels scale A once, not every exponent
 
 
@@ -585,6 +590,75 @@ def _projected_state_update(state_ptr, x_ptr, z_ptr, xp_ptr, dtw_ptr, bias_ptr, 
     tl.store(y_ptr + b * n_ch + d, (y * zz * tl.sigmoid(zz)).to(y_ptr.dtype.element_ty), mask=d_ok)
 
 
+@triton.jit
+def _step_projections(x_ptr, xp_ptr, dtw_ptr, dt_ptr, B_ptr, C_ptr, batch, n_ch, N, R, BM: tl.constexpr,
+                      CHUNK: tl.constexpr, BLOCK: tl.constexpr, N_PAD: tl.constexpr, R_PAD: tl.constexpr,
+                      PDL: tl.constexpr):
+    """x_proj and dt_proj of BM batch rows: dt_low, B, C (BM, R / N) = x (BM, n_ch) x_proj^T by dots
+    over chunks of CHUNK channels, each weight tile read once for the BM rows; then dt (BM, BLOCK)
+    = dt_low dt_proj^T for this program's BLOCK channels (before the bias and softplus). Every
+    program of a row block recomputes x_proj (a few thousand multiply-adds a row); the first writes
+    B and C. Dots in 3xTF32, so fp32 accuracy (bf16 weights are exact in TF32)."""
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    blk = tl.program_id(1)
+    r, n = tl.arange(0, R_PAD), tl.arange(0, N_PAD)
+    row_ok, r_ok, n_ok = rows < batch, r < R, n < N
+    d = blk * BLOCK + tl.arange(0, BLOCK)
+    d_ok = d < n_ch
+    w_dt = tl.load(dtw_ptr + d[:, None] * R + r[None, :], mask=d_ok[:, None] & r_ok[None, :], other=0.0)
+    wait_for_inputs(PDL)
+    release_dependents(PDL)
+    dt_low = tl.zeros([BM, R_PAD], dtype=tl.float32)
+    Bv = tl.zeros([BM, N_PAD], dtype=tl.float32)
+    Cv = tl.zeros([BM, N_PAD], dtype=tl.float32)
+    for e0 in range(0, n_ch, CHUNK):  # x_proj's rows: [0, R) dt_low, [R, R + N) B, [R + N, R + 2N) C
+        e = e0 + tl.arange(0, CHUNK)
+        e_ok = e < n_ch
+        x = tl.load(x_ptr + rows[:, None] * n_ch + e[None, :], mask=row_ok[:, None] & e_ok[None, :],
+                    other=0.0).to(tl.float32)
+        w_ok = e_ok[:, None] & n_ok[None, :]
+        w_r = tl.load(xp_ptr + r[None, :] * n_ch + e[:, None], mask=e_ok[:, None] & r_ok[None, :], other=0.0)
+        w_B = tl.load(xp_ptr + (R + n[None, :]) * n_ch + e[:, None], mask=w_ok, other=0.0)
+        w_C = tl.load(xp_ptr + (R + N + n[None, :]) * n_ch + e[:, None], mask=w_ok, other=0.0)
+        dt_low = tl.dot(x, w_r.to(tl.float32), dt_low, input_precision="tf32x3")
+        Bv = tl.dot(x, w_B.to(tl.float32), Bv, input_precision="tf32x3")
+        Cv = tl.dot(x, w_C.to(tl.float32), Cv, input_precision="tf32x3")
+    dt = tl.dot(dt_low, tl.trans(w_dt.to(tl.float32)), input_precision="tf32x3")  # (BM, BLOCK)
+    tl.store(dt_ptr + rows[:, None] * n_ch + d[None, :], dt, mask=row_ok[:, None] & d_ok[None, :])
+    if blk == 0:
+        tl.store(B_ptr + rows[:, None] * N + n[None, :], Bv, mask=row_ok[:, None] & n_ok[None, :])
+        tl.store(C_ptr + rows[:, None] * N + n[None, :], Cv, mask=row_ok[:, None] & n_ok[None, :])
+
+
+def projections_first_pay(batch: int, n_ch: int, dtype: torch.dtype) -> bool:
+    """Whether ``projected_state_update`` runs ``step_projections`` and then the update (two
+    kernels) rather than the fused kernel, for ``batch`` rows of ``n_ch`` channels whose
+    projections are in ``dtype``."""
+    narrow_bf16 = dtype == torch.bfloat16 and n_ch < 512
+    return batch >= (PROJECT_FIRST_FROM_NARROW_BF16 if narrow_bf16 else PROJECT_FIRST_FROM)
+
+
+def step_projections(x, x_proj_weight, dt_proj_weight, N):
+    """x (batch, n_ch) -> dt (batch, n_ch) before bias and softplus, B and C (batch, N), fp32: as
+    ``projected_state_update_ref`` computes them with x_proj_weight (R + 2N, n_ch) and
+    dt_proj_weight (n_ch, R)."""
+    batch, n_ch = x.shape
+    R = dt_proj_weight.shape[1]
+    x, x_proj_weight, dt_proj_weight = x.contiguous(), x_proj_weight.contiguous(), dt_proj_weight.contiguous()
+    dt = torch.empty(batch, n_ch, device=x.device, dtype=torch.float32)
+    B = torch.empty(batch, N, device=x.device, dtype=torch.float32)
+    C = torch.empty_like(B)
+    row_blocks = triton.cdiv(batch, PROJECTION_ROWS)
+    block = min(max(16, triton.next_power_of_2(n_ch)),
+                max(64, triton.next_power_of_2(triton.cdiv(n_ch * row_blocks, PROJECTION_PROGRAMS))))
+    pdl = launch_options(x)
+    _step_projections[(row_blocks, triton.cdiv(n_ch, block))](
+        x, x_proj_weight, dt_proj_weight, dt, B, C, batch, n_ch, N, R, BM=PROJECTION_ROWS,
+        CHUNK=min(64, max(16, triton.next_power_of_2(n_ch))), BLOCK=block, N_PAD=max(16, triton.next_power_of_2(N)),
+        R_PAD=max(16, triton.next_power_of_2(R)), PDL=bool(pdl), **pdl)
+    return dt, B, C
+
+
 def selective_state_update(state, x, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """One recurrent step, fused; arguments and results as ``selective_state_update_ref``."""
     if state.dtype != torch.float32 or not state.is_contiguous():
@@ -603,17 +677,15 @@ def selective_state_update(state, x, delta, A, B, C, D=None, z=None, delta_bias=
 
 def projected_state_update(state, x, z, x_proj_weight, dt_proj_weight, dt_bias, A, D):
     """Mamba's recurrent step from x, fused; arguments and results as ``projected_state_update_ref``.
-    From ``GEMM_FROM_BATCH`` rows, fp32 x_proj and dt_proj run as GEMMs first and the kernel does
-    the rest (``selective_state_update``): the fused kernel's programs each read all of x_proj's
-    weights for their row, which at such batches costs more than the two extra launches. With
-    bf16 projections (half the bytes) the fused kernel measured faster up to batch 2048."""
+    From ``PROJECT_FIRST_FROM`` rows, x_proj and dt_proj run first (``step_projections``, each
+    weight tile read once per 16 rows) and a second kernel does the rest
+    (``selective_state_update``): the fused kernel's programs each read all of x_proj's weights for
+    their row, which at such batches costs more than the extra launch."""
     if state.dtype != torch.float32 or not state.is_contiguous():
         raise ValueError("the scan state must be a contiguous fp32 tensor (it is updated in place)")
     batch, n_ch = x.shape
-    if batch >= GEMM_FROM_BATCH and x_proj_weight.dtype == dt_proj_weight.dtype == x.dtype == torch.float32:
-        rank, n = dt_proj_weight.shape[1], A.shape[1]
-        dt_low, B, C = torch.split(F.linear(x, x_proj_weight), [rank, n, n], dim=-1)
-        delta = F.linear(dt_low, dt_proj_weight)
+    if projections_first_pay(batch, n_ch, x_proj_weight.dtype):
+        delta, B, C = step_projections(x, x_proj_weight, dt_proj_weight, A.shape[1])
         return selective_state_update(state, x, delta, A, B, C, D, z, dt_bias, delta_softplus=True)
     N, R = A.shape[1], dt_proj_weight.shape[1]
     x, z, x_proj_weight, dt_proj_weight, A = (t.contiguous() for t in (x, z, x_proj_weight, dt_proj_weight, A))

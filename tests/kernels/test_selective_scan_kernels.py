@@ -209,13 +209,13 @@ def test_fused_state_update_matches_the_reference_step(d, n, with_options):
 @pytest.mark.parametrize("batch, d, n, rank", [(3, 5, 4, 1), (20, 40, 16, 3), (3, 130, 16, 9)] +
                          ([(1, 128, 16, 4), (256, 128, 16, 4), (33, 512, 16, 16), (256, 256, 64, 8)]
                           if torch.cuda.is_available() else []))
-@pytest.mark.parametrize("weights, projections", [("fp32", "in the kernel"), ("fp32", "as GEMMs"),
-                                                   ("bf16", "in the kernel")])  # bf16: narrowed, exact
+@pytest.mark.parametrize("projections", ["in the kernel", "first"])
+@pytest.mark.parametrize("weights", ["fp32", "bf16"])  # bf16: narrowed, exact
 def test_projected_state_update_matches_the_reference_step(batch, d, n, rank, projections, weights, monkeypatch):
-    """Mamba's whole SSM step (x_proj, dt_proj, softplus, update, D, gate) in one kernel, or, from
-    GEMM_FROM_BATCH rows and with fp32 projections, with x_proj and dt_proj as GEMMs before it
-    (here whatever the batch)."""
-    monkeypatch.setattr(kernels, "GEMM_FROM_BATCH", 1 if projections == "as GEMMs" else 10**9)
+    """Mamba's whole SSM step (x_proj, dt_proj, softplus, update, D, gate) in one kernel, or, at the
+    batches where ``projections_first_pay``, with x_proj and dt_proj in a kernel of their own
+    before it (here whatever the batch)."""
+    monkeypatch.setattr(kernels, "projections_first_pay", lambda *shape: projections == "first")
     g = torch.Generator().manual_seed(torch.seed() % 2**31)
 
     def rand(*shape, scale=1.0):
