@@ -677,10 +677,10 @@ def selective_state_update(state, x, delta, A, B, C, D=None, z=None, delta_bias=
 
 def projected_state_update(state, x, z, x_proj_weight, dt_proj_weight, dt_bias, A, D):
     """Mamba's recurrent step from x, fused; arguments and results as ``projected_state_update_ref``.
-    From ``PROJECT_FIRST_FROM`` rows, x_proj and dt_proj run first (``step_projections``, each
-    weight tile read once per 16 rows) and a second kernel does the rest
-    (``selective_state_update``): the fused kernel's programs each read all of x_proj's weights for
-    their row, which at such batches costs more than the extra launch."""
+    At the batches where ``projections_first_pay``, x_proj and dt_proj run first
+    (``step_projections``, each weight tile read once per 16 rows) and a second kernel does the
+    rest (``selective_state_update``): the fused kernel's programs each read all of x_proj's
+    weights for their row, which at such batches costs more than the extra launch."""
     if state.dtype != torch.float32 or not state.is_contiguous():
         raise ValueError("the scan state must be a contiguous fp32 tensor (it is updated in place)")
     batch, n_ch = x.shape
