@@ -215,7 +215,7 @@ def test_projected_state_update_matches_the_reference_step(batch, d, n, rank, pr
     """Mamba's whole SSM step (x_proj, dt_proj, softplus, update, D, gate) in one kernel, or, at the
     batches where ``projections_first_pay``, with x_proj and dt_proj in a kernel of their own
     before it (here whatever the batch)."""
-    monkeypatch.setattr(kernels, "projections_first_pay", lambda *shape: projections == "first")
+    monkeypatch.setattr(kernels, "projections_first_pay", lambda *_: projections == "first")
     g = torch.Generator().manual_seed(torch.seed() % 2**31)
 
     def rand(*shape, scale=1.0):
