@@ -22,6 +22,10 @@ so one program a row pays for narrow stages and moderate batches only; ``fused_s
 where, from the measurements in BENCHMARKS.md (H100, "Generation, session 10"; H200, sessions
 22 and 23 for split rows).
 
+On Hopper GPUs, the d_model-64 outer stage with bf16 projections goes to a Gluon kernel at
+batches up to 128 (``gluon_fits``, ``mamba_stack_gluon``). It holds one inner channel a thread and
+copies each block's weights into shared memory a block ahead.
+
 A split row. At batch 1 a row's program is one SM streaming every weight of every block, and
 its time is latency. Where it pays (``programs_per_row``), SPLIT programs share a row, each
 taking E / SPLIT inner channels: at width 128, and at width 256, where the fused kernel with
@@ -309,10 +313,34 @@ def _row_counters(device: torch.device) -> torch.Tensor:
     return counters
 
 
+def level_arguments(u, out, conv_state, ssm_state, skip):
+    """What a stage kernel's launch takes for the skip connection: (the block it comes before, the
+    blocks' states after it, the skip's out and add rows). Without ``skip`` it never comes, and the
+    tensors stand in unread."""
+    if skip is None:
+        return len(conv_state), conv_state, ssm_state, out, u
+    if not (skip.out.stride(1) == skip.add.stride(1) == 1 and skip.out.dtype == skip.add.dtype == torch.float32):
+        raise ValueError("the skip connection's rows must be fp32 with contiguous columns")
+    return len(conv_state), skip.conv_state, skip.ssm_state, skip.out, skip.add
+
+
+def gluon_fits(u, weights, conv_state, ssm_state) -> bool:
+    """Whether ``mamba_stack_gluon`` (the outer stage's shape on Hopper GPUs, one thread per inner
+    channel) takes this step: on CUDA outside the interpreter, unless ``AUDIOMAMBA_GLUON=0`` (for
+    comparisons), where its ``fits`` says so. Measured (BENCHMARKS.md, "Generation, session 25"):
+    2.53 us a block at batch 1 against this kernel's 2.81, 2.63 against 3.05 at batch 128."""
+    if not u.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1" or os.environ.get("AUDIOMAMBA_GLUON") == "0":
+        return False
+    from audiomamba_kernels import mamba_stack_gluon  # imports Gluon only here
+
+    return mamba_stack_gluon.fits(u, weights, conv_state, ssm_state)
+
+
 def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None, split=None):
     """All the blocks' step in one launch; arguments and result as ``mamba_stack_step_ref``, its
     ``skip`` included (then the states given are the down stage's, and ``skip`` holds the up
-    stage's). ``split``: programs per batch row (default ``programs_per_row``)."""
+    stage's). ``split``: programs per batch row (default ``programs_per_row``, or the Gluon kernel
+    where ``gluon_fits``; an explicit 1 keeps this kernel)."""
     states = [("conv", conv_state), ("SSM", ssm_state)]
     if skip is not None:
         states += [("conv", skip.conv_state), ("SSM", skip.ssm_state)]
@@ -322,19 +350,18 @@ def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None, split=None):
     w = weights
     K, batch, E, width = w.in_proj.shape[0], *conv_state.shape[1:]
     H, N, R = u.shape[1], ssm_state.shape[3], w.dt_proj.shape[2]
-    split = programs_per_row(u, E) if split is None else split
+    choose_split = split is None
+    split = programs_per_row(u, E) if choose_split else split
     if split > 1 and not (u.is_cuda and split_fits(batch, E, split)):
         raise ValueError(f"{split} programs a row need CUDA, a power of two dividing the {E} inner channels, and "
                          f"at most {SPLIT_ROWS} programs in all (batch {batch})")
+    if split == 1 and choose_split and gluon_fits(u, w, conv_state, ssm_state):
+        from audiomamba_kernels import mamba_stack_gluon
+
+        return mamba_stack_gluon.stage_step(u, w, conv_state, ssm_state, skip)
     u = u.contiguous()
     out = torch.empty_like(u)
-    if skip is None:  # never reached: the skip's tensors are placeholders
-        skip_at, after_conv, after_ssm, skip_out, skip_in = K, conv_state, ssm_state, out, u
-    else:
-        skip_at, after_conv, after_ssm = len(conv_state), skip.conv_state, skip.ssm_state
-        skip_out, skip_in = skip.out, skip.add
-        if not (skip_out.stride(1) == skip_in.stride(1) == 1 and skip_out.dtype == skip_in.dtype == torch.float32):
-            raise ValueError("the skip connection's rows must be fp32 with contiguous columns")
+    skip_at, after_conv, after_ssm, skip_out, skip_in = level_arguments(u, out, conv_state, ssm_state, skip)
     h_pad, share = triton.next_power_of_2(H), E // split  # share: a program's inner channels
     n_pad, r_pad, w_pad = triton.next_power_of_2(N), max(2, triton.next_power_of_2(R)), triton.next_power_of_2(width)
     ce = min(chunk_channels(E, h_pad), triton.next_power_of_2(share))

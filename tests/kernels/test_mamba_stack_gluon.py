@@ -1,0 +1,95 @@
+"""The outer stage's Gluon kernel (``audiomamba_kernels.mamba_stack_gluon``).
+
+Gluon kernels do not run under the Triton interpreter. So on any machine the kernel is compiled
+for sm_90. On a Hopper GPU its steps are checked against the block-by-block reference: output
+and both states after three steps from a random state, relative L2 error <= 1e-5, as for the
+plain-Triton kernel. The checks run with and without the level's skip connection, at batches
+where ``mamba_stack_step`` picks it.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from audiomamba.ops.mamba_stack import Skip, mamba_stack_step_ref
+from tests.kernels.test_mamba_stack_kernel import kernel_weights, random_stage, states_alike
+from tests.conftest import REPO
+from tests.kernels.test_selective_scan_kernels import DEVICE, rel_err
+
+gluon = pytest.importorskip("audiomamba_kernels.mamba_stack_gluon")
+kernels = pytest.importorskip("audiomamba_kernels.mamba_stack")
+
+SHAPE = gluon.SHAPE
+on_hopper = pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9),
+                               reason="the Gluon kernel runs on Hopper GPUs only")
+
+
+def test_it_compiles_for_hopper_on_any_machine_with_the_shared_memory_its_rule_assumes():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # it compiles, never runs
+    script = ("from audiomamba_kernels import mamba_stack_gluon as g; c = g.compile_for_hopper(); "
+              "print(c.metadata.shared, 'cp.async' in c.asm['ptx'], 'griddepcontrol.wait' in c.asm['ptx'])")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    shared, copies_ahead, waits_for_the_kernel_before = out.stdout.split()
+    assert int(shared) == gluon.SHARED_BYTES and copies_ahead == waits_for_the_kernel_before == "True"
+
+
+def test_the_plain_kernel_keeps_every_step_off_a_gpu_and_where_the_shape_differs():
+    stage = random_stage(SHAPE["H"], SHAPE["N"], 2, bf16_values=True)
+    weights = kernel_weights(stage, "bf16")
+    state = stage.initial_state(1, DEVICE)
+    u = torch.randn(1, SHAPE["H"], device=DEVICE)
+    assert kernels.gluon_fits(u, weights, state.conv, state.ssm) == (DEVICE == "cuda" and _hopper())
+    assert not kernels.gluon_fits(u, kernel_weights(stage, "fp32"), state.conv, state.ssm)  # fp32 projections
+    many = stage.initial_state(gluon.MAX_BATCH + 1, DEVICE)
+    rows = torch.randn(gluon.MAX_BATCH + 1, SHAPE["H"], device=DEVICE)
+    assert not kernels.gluon_fits(rows, weights, many.conv, many.ssm)
+    other = random_stage(32, SHAPE["N"], 2, bf16_values=True)
+    narrow_state = other.initial_state(1, DEVICE)
+    assert not kernels.gluon_fits(torch.randn(1, 32, device=DEVICE), kernel_weights(other, "bf16"), narrow_state.conv,
+                                  narrow_state.ssm)
+
+
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+@on_hopper
+@pytest.mark.parametrize("batch", [1, 3, 64, gluon.MAX_BATCH])
+def test_its_steps_match_the_block_by_block_reference(batch):
+    stage = random_stage(SHAPE["H"], SHAPE["N"], 4, bf16_values=True)
+    weights, reference_weights = kernel_weights(stage, "bf16"), kernel_weights(stage, "fp32")
+    got_state, want_state = states_alike(stage, batch)
+    assert kernels.gluon_fits(torch.empty(batch, SHAPE["H"], device=DEVICE), weights, got_state.conv, got_state.ssm)
+    for _ in range(3):
+        u = torch.randn(batch, SHAPE["H"], device=DEVICE)
+        got = gluon.stage_step(u, weights, got_state.conv, got_state.ssm)
+        want = mamba_stack_step_ref(u, reference_weights, want_state.conv, want_state.ssm)
+        assert rel_err(got, want) <= 1e-5
+    assert rel_err(got_state.conv, want_state.conv) <= 1e-5
+    assert rel_err(got_state.ssm, want_state.ssm) <= 1e-5
+
+
+@on_hopper
+@pytest.mark.parametrize("batch, k_down, k_up", [(1, 2, 2), (5, 3, 1)])
+def test_a_level_through_its_skip_connection_takes_it_and_matches_the_reference(batch, k_down, k_up, monkeypatch):
+    stage = random_stage(SHAPE["H"], SHAPE["N"], k_down + k_up, bf16_values=True)
+    weights, reference_weights = kernel_weights(stage, "bf16"), kernel_weights(stage, "fp32")
+    got_state, want_state = states_alike(stage, batch)
+    calls = []
+    monkeypatch.setattr(gluon, "stage_step", lambda *args, step=gluon.stage_step: calls.append(1) or step(*args))
+    # The skip's rows are strided, as the U-Net passes them: a column of the pooling window.
+    got_window, want_window = (torch.zeros(batch, 4, SHAPE["H"], device=DEVICE) for _ in range(2))
+    for _ in range(3):
+        u, add = torch.randn(batch, SHAPE["H"], device=DEVICE), torch.randn(batch, SHAPE["H"], device=DEVICE)
+        got = kernels.mamba_stack_step(u, weights, got_state.conv[:k_down], got_state.ssm[:k_down],
+                                       Skip(got_window[:, 3], add, got_state.conv[k_down:], got_state.ssm[k_down:]))
+        want = mamba_stack_step_ref(u, reference_weights, want_state.conv[:k_down], want_state.ssm[:k_down],
+                                    Skip(want_window[:, 3], add, want_state.conv[k_down:], want_state.ssm[k_down:]))
+        assert rel_err(got, want) <= 1e-5 and rel_err(got_window, want_window) <= 1e-5
+    assert len(calls) == 3
+    assert rel_err(got_state.conv, want_state.conv) <= 1e-5
+    assert rel_err(got_state.ssm, want_state.ssm) <= 1e-5
