@@ -19,8 +19,10 @@ conversions a block (BENCHMARKS.md, "Generation, sessions 24 and 25"). Here:
 - A block's weights and the row's states are copied into shared memory (cp.async, two buffers) one
   block ahead, so that no block waits for L2. That takes 166 KB of shared memory, one program an SM.
 
-Measured on an H200: 2.53 us a block at batch 1, against 2.81 for the plain-Triton kernel, and
-2.63 against 3.05 at batch 128. It is slower from batch 256, where one program an SM makes rows wait.
+Measured on an H200 (BENCHMARKS.md, "Generation, session 25"): 2.53 us a block at batch 1,
+against 2.81 for the plain-Triton kernel, and 2.63 against 3.05 at batch 128. It is slower from
+batch 256, where one program an SM makes rows wait. Sampling `sc09_mamba` takes 73 us a step
+at batch 1 with it, against 79.
 
 Gluon kernels do not run under the Triton interpreter. So CI compiles this one for sm_90
 (``compile_for_hopper``), and the GPU tests check its numbers against the reference.
@@ -44,9 +46,10 @@ SHARED_BYTES = 166_288  # its shared memory (compile_for_hopper reports it)
 
 
 def fits(u: torch.Tensor, weights, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> bool:
-    """Whether this kernel takes rows u (batch, H) of a stage with these weights and states: CUDA
-    (not the interpreter), a device with room for its shared memory, ``SHAPE``, bf16 projections,
-    and at most ``MAX_BATCH`` rows. The caller has already kept split rows out."""
+    """Whether this kernel takes rows u (batch, H) of a stage with these weights and states: a
+    device with room for its shared memory, ``SHAPE``, bf16 projections, and at most ``MAX_BATCH``
+    rows. The caller (``mamba_stack.gluon_fits``) has already checked for CUDA outside the
+    interpreter, and kept split rows out."""
     batch, H = u.shape
     E, width, N, R = conv_state.shape[2], conv_state.shape[3], ssm_state.shape[3], weights.dt_proj.shape[2]
     projections = (weights.in_proj, weights.x_proj, weights.dt_proj, weights.out_proj)
