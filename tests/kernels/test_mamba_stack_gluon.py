@@ -14,16 +14,21 @@ import pytest
 import torch
 
 from audiomamba.ops.mamba_stack import Skip, mamba_stack_step_ref
-from tests.kernels.test_mamba_stack_kernel import kernel_weights, random_stage, states_alike
 from tests.conftest import REPO
+from tests.kernels.test_mamba_stack_kernel import kernel_weights, random_stage, states_alike
 from tests.kernels.test_selective_scan_kernels import DEVICE, rel_err
 
 gluon = pytest.importorskip("audiomamba_kernels.mamba_stack_gluon")
 kernels = pytest.importorskip("audiomamba_kernels.mamba_stack")
 
 SHAPE = gluon.SHAPE
-on_hopper = pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9),
-                               reason="the Gluon kernel runs on Hopper GPUs only")
+
+
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+on_hopper = pytest.mark.skipif(not _hopper(), reason="the Gluon kernel runs on Hopper GPUs only")
 
 
 def test_it_compiles_for_hopper_on_any_machine_with_the_shared_memory_its_rule_assumes():
@@ -51,10 +56,6 @@ def test_the_plain_kernel_keeps_every_step_off_a_gpu_and_where_the_shape_differs
     narrow_state = other.initial_state(1, DEVICE)
     assert not kernels.gluon_fits(torch.randn(1, 32, device=DEVICE), kernel_weights(other, "bf16"), narrow_state.conv,
                                   narrow_state.ssm)
-
-
-def _hopper() -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
 
 
 @on_hopper
