@@ -42,7 +42,9 @@ sampling runs one generation at a time, and so does the demo's queue).
 from __future__ import annotations
 
 import functools
+import importlib
 import os
+import sys
 
 import torch
 import triton
@@ -327,13 +329,23 @@ def level_arguments(u, out, conv_state, ssm_state, skip):
 def gluon_fits(u, weights, conv_state, ssm_state) -> bool:
     """Whether ``mamba_stack_gluon`` (the outer stage's shape on Hopper GPUs, one thread per inner
     channel) takes this step: on CUDA outside the interpreter, unless ``AUDIOMAMBA_GLUON=0`` (for
-    comparisons), where its ``fits`` says so. Measured (BENCHMARKS.md, "Generation, session 25"):
-    2.53 us a block at batch 1 against this kernel's 2.81, 2.63 against 3.05 at batch 128."""
+    comparisons), where it imports and its ``fits`` says so. Measured (BENCHMARKS.md, "Generation,
+    session 25"): 2.53 us a block at batch 1 against this kernel's 2.81, 2.63 against 3.05 at batch 128."""
     if not u.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1" or os.environ.get("AUDIOMAMBA_GLUON") == "0":
         return False
-    from audiomamba_kernels import mamba_stack_gluon  # imports Gluon only here
+    gluon = gluon_kernel()
+    return gluon is not None and gluon.fits(u, weights, conv_state, ssm_state)
 
-    return mamba_stack_gluon.fits(u, weights, conv_state, ssm_state)
+
+@functools.cache
+def gluon_kernel():
+    """The module ``mamba_stack_gluon``, imported on first use, or None after a one-line notice
+    where Gluon does not import (a Triton without it); then this kernel takes every step."""
+    try:
+        return importlib.import_module("audiomamba_kernels.mamba_stack_gluon")
+    except ImportError as err:
+        print(f"audiomamba: the Gluon stage kernel is unavailable ({err}); using the Triton one", file=sys.stderr)
+        return None
 
 
 def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None, split=None):
@@ -356,9 +368,7 @@ def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None, split=None):
         raise ValueError(f"{split} programs a row need CUDA, a power of two dividing the {E} inner channels, and "
                          f"at most {SPLIT_ROWS} programs in all (batch {batch})")
     if split == 1 and choose_split and gluon_fits(u, w, conv_state, ssm_state):
-        from audiomamba_kernels import mamba_stack_gluon
-
-        return mamba_stack_gluon.stage_step(u, w, conv_state, ssm_state, skip)
+        return gluon_kernel().stage_step(u, w, conv_state, ssm_state, skip)
     u = u.contiguous()
     out = torch.empty_like(u)
     skip_at, after_conv, after_ssm, skip_out, skip_in = level_arguments(u, out, conv_state, ssm_state, skip)

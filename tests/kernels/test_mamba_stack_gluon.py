@@ -58,6 +58,16 @@ def test_the_plain_kernel_keeps_every_step_off_a_gpu_and_where_the_shape_differs
                                   narrow_state.ssm)
 
 
+def test_without_gluon_the_triton_kernel_takes_every_step_after_a_one_line_notice(monkeypatch, capsys):
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "audiomamba_kernels.mamba_stack_gluon", None)  # as if it cannot import
+        kernels.gluon_kernel.cache_clear()
+        assert kernels.gluon_kernel() is None
+        assert "Gluon stage kernel is unavailable" in capsys.readouterr().err
+    kernels.gluon_kernel.cache_clear()
+    assert kernels.gluon_kernel() is gluon
+
+
 @on_hopper
 @pytest.mark.parametrize("batch", [1, 3, 64, gluon.MAX_BATCH])
 def test_its_steps_match_the_block_by_block_reference(batch):
