@@ -59,7 +59,7 @@ def fits(u: torch.Tensor, weights, conv_state: torch.Tensor, ssm_state: torch.Te
 
 @functools.cache
 def _room_for_it(device_index: int | None) -> bool:
-    props = torch.cuda.get_device_properties(device_index)
+    props = torch.cuda.get_device_properties(device_index)  # 1 KB more: what the system keeps a block
     return props.major >= 9 and props.shared_memory_per_multiprocessor >= SHARED_BYTES + 1024
 
 
@@ -223,7 +223,7 @@ def _stage_step(u_ptr, out_ptr, norm_w_ptr, norm_b_ptr, in_w_ptr, conv_w_ptr, co
     states = (conv_ptr, ssm_ptr, conv_after_ptr, ssm_after_ptr)
     _pdl(PDL)
     u = gl.load(u_ptr + b * H + h).to(gl.float32)  # (H,) in every thread
-    shifted = (w[None, :] >= 1) & (e_w[:, None] >= 0)
+    shifted = (w[None, :] >= 1) & (e_w[:, None] >= 0)  # the second term only gives the mask the tile's shape
     _prefetch(0, 0, b, batch, skip_at, weights, states, bufs, H, E, N, R, WIDTH, NW)
     for k in range(n_blocks):
         slot = k % 2
@@ -304,8 +304,8 @@ def stage_step(u, weights, conv_state, ssm_state, skip=None):
 
 
 def compile_for_hopper():
-    """The kernel compiled for sm_90 (any machine; Triton ships the toolchain), for tests: it has
-    ``metadata.shared`` bytes of shared memory and ``n_regs`` registers a thread."""
+    """The kernel compiled for sm_90 (any machine; Triton ships the toolchain), for tests: its
+    shared memory is ``metadata.shared`` bytes, its PTX ``asm["ptx"]``."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
