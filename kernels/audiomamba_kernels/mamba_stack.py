@@ -59,9 +59,9 @@ MAX_WIDTH = 128  # where this kernel measured faster than the per-block kernels:
 MAX_ROWS_WIDTH2 = 1024 * 64**2  # width, at batch x width^2 (the weights read per block) up to this
 BF16_MAX_WIDTH = 128  # stages up to this width read their projections in bf16 where that is exact
 SPLIT_ROWS = 64  # at most this many programs in all when rows are split (all must run at once)
-# Measured (BENCHMARKS.md, "Generation, session 23"): per stage width, how rows are split, as
+# Measured (BENCHMARKS.md, "Generation, sessions 23 and 26"): per stage width, how rows are split, as
 # (programs a row, warps a program), in order of preference; the first that fits the batch is used.
-ROW_SPLITS = {128: ((32, 1), (16, 4)), 256: ((64, 4), (32, 4), (16, 8))}
+ROW_SPLITS = {128: ((32, 1), (16, 4), (4, 4)), 256: ((64, 4), (32, 4), (16, 8))}
 
 _ROW_COUNTERS: dict[torch.device, torch.Tensor] = {}
 
@@ -90,9 +90,9 @@ def chunk_channels(E: int, h_pad: int) -> int:
 
 def programs_per_row(u: torch.Tensor, E: int) -> int:
     """How many programs share a batch row's E inner channels (u: (batch, H)): the first of
-    ``ROW_SPLITS`` that fits. Measured (BENCHMARKS.md, "Generation, sessions 22 and 23"): a block
-    of width 128 takes 7.5 us in one program a row at batch 1, 6.2 in 16 programs and 5.4 in 32;
-    of width 256, 15.1 in the per-block kernels and 6.9 in 64 programs; at width 64 one program a
+    ``ROW_SPLITS`` that fits. Measured (BENCHMARKS.md, "Generation, sessions 22, 23 and 26"): a
+    block of width 128 takes 7.5 us in one program a row at batch 1, 6.2 in 16 programs and 5.4
+    in 32, and at batch 16 7.5 in one program a row and 6.9 in 4; of width 256, 15.1 in the per-block kernels and 6.9 in 64 programs; at width 64 one program a
     row is fastest. Split rows wait for each other twice a block, on counters in global memory,
     so every program must be resident at once: never under the Triton interpreter, which runs
     programs one after another, and never more programs than the device has SMs."""

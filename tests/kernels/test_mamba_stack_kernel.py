@@ -104,7 +104,8 @@ def test_every_planned_split_fits_a_row_of_its_width():
 @pytest.mark.parametrize("batch, H, N, K, split, precision", [  # split: programs a row
     (1, 64, 16, 8, 2, "bf16"), (1, 64, 16, 8, 16, "bf16"), (1, 128, 16, 8, 2, "bf16"), (1, 128, 16, 8, 8, "bf16"),
     (1, 128, 16, 8, 32, "bf16"), (3, 256, 16, 4, 8, "bf16"), (3, 256, 16, 4, 16, "fp32"), (1, 256, 16, 4, 64, "fp32"),
-    (2, 256, 16, 4, 32, "fp32"), (2, 24, 8, 2, 2, "bf16"), (2, 24, 8, 2, 16, "bf16")])
+    (2, 256, 16, 4, 32, "fp32"), (2, 24, 8, 2, 2, "bf16"), (2, 24, 8, 2, 16, "bf16"),
+    (16, 128, 16, 4, 4, "bf16")])  # the last: sc09_mamba's middle stage at batch 16
 def test_a_row_split_over_several_programs_matches_the_reference(batch, H, N, K, split, precision):
     """Each program takes a share of the inner channels (in as many warps as ``ROW_SPLITS`` gives
     at that width, one at width 128 in 32 programs); x_proj's and out_proj's sums are gathered
