@@ -92,10 +92,11 @@ def programs_per_row(u: torch.Tensor, E: int) -> int:
     """How many programs share a batch row's E inner channels (u: (batch, H)): the first of
     ``ROW_SPLITS`` that fits. Measured (BENCHMARKS.md, "Generation, sessions 22, 23 and 26"): a
     block of width 128 takes 7.5 us in one program a row at batch 1, 6.2 in 16 programs and 5.4
-    in 32, and at batch 16 7.5 in one program a row and 6.9 in 4; of width 256, 15.1 in the per-block kernels and 6.9 in 64 programs; at width 64 one program a
-    row is fastest. Split rows wait for each other twice a block, on counters in global memory,
-    so every program must be resident at once: never under the Triton interpreter, which runs
-    programs one after another, and never more programs than the device has SMs."""
+    in 32, and at batch 16 7.5 in one program a row and 6.9 in 4; of width 256, 15.1 in the
+    per-block kernels and 6.9 in 64 programs; at width 64 one program a row is fastest. Split
+    rows wait for each other twice a block, on counters in global memory, so every program must
+    be resident at once: never under the Triton interpreter, which runs programs one after
+    another, and never more programs than the device has SMs."""
     batch, width = u.shape
     if not u.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
         return 1
