@@ -5,7 +5,7 @@ with fp32 projections, and with projections that hold bf16 values (as loaded fro
 checkpoint), which the stage reads in bf16 (``narrow_projections``). At small batches, also the
 fused kernel with each row's channels split over several programs (with the projections the
 model reads at that width, ``bf16_projections_pay``, and the warps ``ROW_SPLITS`` gives); and
-where it fits (width 64, batch up to 128, a Hopper GPU), the Gluon kernel with bf16 projections.
+where it fits (width 64, the batches of ``buffers_for``, a Hopper GPU), the Gluon kernel with bf16 projections.
 
     PYTHONPATH=.:kernels python kernels/bench_stack.py
 

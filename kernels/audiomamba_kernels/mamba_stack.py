@@ -23,8 +23,8 @@ where, from the measurements in BENCHMARKS.md (H100, "Generation, session 10"; H
 22 and 23 for split rows).
 
 On Hopper GPUs, the d_model-64 outer stage with bf16 projections goes to a Gluon kernel at
-batches up to 128 (``gluon_fits``, ``mamba_stack_gluon``). It holds one inner channel a thread and
-copies each block's weights into shared memory a block ahead.
+batches up to one row an SM and from 1.5 to 2 (``gluon_fits``, ``mamba_stack_gluon``). It holds one
+inner channel a thread and copies each block's weights into shared memory.
 
 A split row. At batch 1 a row's program is one SM streaming every weight of every block, and
 its time is latency. Where it pays (``programs_per_row``), SPLIT programs share a row, each

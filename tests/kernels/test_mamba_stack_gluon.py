@@ -31,15 +31,24 @@ def _hopper() -> bool:
 on_hopper = pytest.mark.skipif(not _hopper(), reason="the Gluon kernel runs on Hopper GPUs only")
 
 
-def test_it_compiles_for_hopper_on_any_machine_with_the_shared_memory_its_rule_assumes():
+@pytest.mark.parametrize("buffers", [2, 1])
+def test_it_compiles_for_hopper_on_any_machine_with_the_shared_memory_its_rule_assumes(buffers):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # it compiles, never runs
-    script = ("from audiomamba_kernels import mamba_stack_gluon as g; c = g.compile_for_hopper(); "
+    script = (f"from audiomamba_kernels import mamba_stack_gluon as g; c = g.compile_for_hopper({buffers}); "
               "print(c.metadata.shared, 'cp.async' in c.asm['ptx'], 'griddepcontrol.wait' in c.asm['ptx'])")
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr
-    shared, copies_ahead, waits_for_the_kernel_before = out.stdout.split()
-    assert int(shared) == gluon.SHARED_BYTES and copies_ahead == waits_for_the_kernel_before == "True"
+    shared, copies, waits_for_the_kernel_before = out.stdout.split()
+    assert int(shared) == gluon.SHARED_BYTES[buffers] and copies == waits_for_the_kernel_before == "True"
+
+
+def test_it_takes_up_to_a_row_an_sm_with_two_buffers_and_from_one_and_a_half_to_two_with_one():
+    sms = 132
+    assert [gluon.buffers_for(batch, sms) for batch in (1, 64, 132)] == [2, 2, 2]
+    assert [gluon.buffers_for(batch, sms) for batch in (133, 160, 198)] == [None, None, None]
+    assert [gluon.buffers_for(batch, sms) for batch in (199, 256, 264)] == [1, 1, 1]
+    assert [gluon.buffers_for(batch, sms) for batch in (265, 1024)] == [None, None]
 
 
 def test_the_plain_kernel_keeps_every_step_off_a_gpu_and_where_the_shape_differs():
@@ -49,9 +58,10 @@ def test_the_plain_kernel_keeps_every_step_off_a_gpu_and_where_the_shape_differs
     u = torch.randn(1, SHAPE["H"], device=DEVICE)
     assert kernels.gluon_fits(u, weights, state.conv, state.ssm) == (DEVICE == "cuda" and _hopper())
     assert not kernels.gluon_fits(u, kernel_weights(stage, "fp32"), state.conv, state.ssm)  # fp32 projections
-    many = stage.initial_state(gluon.MAX_BATCH + 1, DEVICE)
-    rows = torch.randn(gluon.MAX_BATCH + 1, SHAPE["H"], device=DEVICE)
-    assert not kernels.gluon_fits(rows, weights, many.conv, many.ssm)
+    if DEVICE == "cuda":  # between one and one and a half rows an SM
+        between = torch.cuda.get_device_properties(0).multi_processor_count + 1
+        many = stage.initial_state(between, DEVICE)
+        assert not kernels.gluon_fits(torch.randn(between, SHAPE["H"], device=DEVICE), weights, many.conv, many.ssm)
     other = random_stage(32, SHAPE["N"], 2, bf16_values=True)
     narrow_state = other.initial_state(1, DEVICE)
     assert not kernels.gluon_fits(torch.randn(1, 32, device=DEVICE), kernel_weights(other, "bf16"), narrow_state.conv,
@@ -69,15 +79,15 @@ def test_without_gluon_the_triton_kernel_takes_every_step_after_a_one_line_notic
 
 
 @on_hopper
-@pytest.mark.parametrize("batch", [1, 3, 64, gluon.MAX_BATCH])
-def test_its_steps_match_the_block_by_block_reference(batch):
+@pytest.mark.parametrize("batch, buffers", [(1, 2), (3, 2), (64, 2), (128, 2), (3, 1), (200, 1)])
+def test_its_steps_match_the_block_by_block_reference(batch, buffers):
+    """With each block's weights copied one block ahead (2 buffers) or as it starts (1)."""
     stage = random_stage(SHAPE["H"], SHAPE["N"], 4, bf16_values=True)
     weights, reference_weights = kernel_weights(stage, "bf16"), kernel_weights(stage, "fp32")
     got_state, want_state = states_alike(stage, batch)
-    assert kernels.gluon_fits(torch.empty(batch, SHAPE["H"], device=DEVICE), weights, got_state.conv, got_state.ssm)
     for _ in range(3):
         u = torch.randn(batch, SHAPE["H"], device=DEVICE)
-        got = gluon.stage_step(u, weights, got_state.conv, got_state.ssm)
+        got = gluon.stage_step(u, weights, got_state.conv, got_state.ssm, buffers=buffers)
         want = mamba_stack_step_ref(u, reference_weights, want_state.conv, want_state.ssm)
         assert rel_err(got, want) <= 1e-5
     assert rel_err(got_state.conv, want_state.conv) <= 1e-5
