@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from audiomamba.data.mulaw import SILENCE, mulaw_decode
 from audiomamba.models.lm import WaveformLM
+from audiomamba.models.step_cache import parameters_fixed
 from audiomamba.ops import triton_kernels
 
 
@@ -181,16 +182,19 @@ def sample_tail_ref(h: torch.Tensor, weights: OutputWeights, gumbel: torch.Tenso
     their rows' label vectors; prefix: (P,) long tokens forced while t < P, or None.
     On CUDA, ``audiomamba_kernels.sample_tail`` does this in one kernel (top_p = 1 only)."""
     w = weights
-    logits = F.linear(F.layer_norm(h.float(), w.norm_weight.shape, w.norm_weight, w.norm_bias, w.norm_eps),
+    logits = F.linear(torch.layer_norm(h.float(), w.norm_weight.shape, w.norm_weight, w.norm_bias, w.norm_eps),
                       w.head_weight, w.head_bias)
     guided = guidance != 1.0
+    sampling = logits
     if guided:
         logits, uncond = logits.chunk(2)
         sampling = uncond + guidance * (logits - uncond)
-        finite = torch.isfinite(logits).all(-1) & torch.isfinite(sampling).all(-1)
-    else:
-        sampling = logits
-        finite = torch.isfinite(logits).all(-1)
+    log_probs = torch.log_softmax(logits, -1)
+    # Finite logits give finite log-probabilities; a NaN or an infinity among them gives a NaN or
+    # -inf, and so does their sum: one reduction in place of isfinite's several ops.
+    finite = log_probs.sum(-1) > float("-inf")
+    if guided:
+        finite &= torch.isfinite(sampling).all(-1)
     torch.where(alive > finite, t, failed_at, out=failed_at)  # alive > finite: alive and not finite
     alive &= finite
     # A stopped row still draws and scores (from non-finite logits), but only SILENCE and 0 are kept.
@@ -199,7 +203,7 @@ def sample_tail_ref(h: torch.Tensor, weights: OutputWeights, gumbel: torch.Tenso
         forced = prefix[t.clamp(max=len(prefix) - 1)]
         nxt = torch.where(t < len(prefix), forced, nxt)
     nxt = torch.where(alive, nxt, SILENCE)
-    logp = torch.log_softmax(logits, -1).gather(-1, nxt.unsqueeze(1)).squeeze(1)
+    logp = log_probs.gather(-1, nxt.unsqueeze(1)).squeeze(1)
     loglik.add_(torch.where(alive, logp, 0.0))  # accumulated in fp64
     tokens.scatter_(1, t.unsqueeze(1), nxt.to(torch.uint8).unsqueeze(1))
     torch.add(w.embed[torch.cat([nxt, nxt]) if guided else nxt], w.label_vectors, out=next_input)
@@ -219,7 +223,8 @@ def _lean_ops(model: WaveformLM, device: torch.device):
       Overlapping generations in several threads stay correct: a mirror holds the registered
       object itself, and a lookup without one falls back to ``__getattr__``.
     - On CPU, oneDNN is switched off: its GELU costs about 8 us a call whatever the size,
-      PyTorch's own 1 us on one sample's activations (``_onednn_off``)."""
+      PyTorch's own 1 us on one sample's activations (``_onednn_off``).
+    - The step caches check the parameters once, not every step (``parameters_fixed``)."""
     mirrored = []
     for module in model.modules():
         for name, value in (*module._parameters.items(), *module._modules.items()):
@@ -227,7 +232,7 @@ def _lean_ops(model: WaveformLM, device: torch.device):
                 module.__dict__[name] = value
                 mirrored.append((module, name))
     try:
-        with torch.inference_mode(), _onednn_off() if device.type == "cpu" else contextlib.nullcontext():
+        with torch.inference_mode(), parameters_fixed(), _onednn_off() if device.type == "cpu" else contextlib.nullcontext():
             yield
     finally:
         for module, name in mirrored:

@@ -6,7 +6,7 @@ import torch
 from audiomamba.config import ModelConfig
 from audiomamba.data.mulaw import SILENCE
 from audiomamba.models.lm import WaveformLM
-from audiomamba.sample import generate, gumbel_, sample_next, write_samples
+from audiomamba.sample import OutputWeights, generate, gumbel_, sample_next, sample_tail_ref, write_samples
 from audiomamba.train import evaluate_nll
 
 
@@ -107,6 +107,24 @@ def test_non_finite_logits_stop_only_that_clip(model, monkeypatch, capsys):
     assert set(gen.problems) == {1} and "sample 9" in gen.problems[1]
     assert (gen.tokens[1, 9:] == SILENCE).all() and torch.isfinite(gen.loglik_bits).all()
     assert "clip 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+@pytest.mark.parametrize("logit", [float("nan"), float("inf"), float("-inf"), 50.0])
+def test_one_non_finite_logit_of_256_stops_its_clip_and_a_large_finite_one_does_not(logit, guidance):
+    rows, width = 2, 4
+    model_rows = rows * (2 if guidance != 1.0 else 1)
+    bias = torch.zeros(256)
+    bias[7] = logit
+    weights = OutputWeights(torch.ones(width), torch.zeros(width), 1e-5, torch.randn(256, width), bias,
+                            torch.randn(256, width), torch.zeros(model_rows, width))
+    alive, failed_at = torch.ones(rows, dtype=torch.bool), torch.full((rows,), -1)
+    t, tokens, loglik = torch.full((rows,), 3), torch.zeros(rows, 10, dtype=torch.uint8), torch.zeros(rows, dtype=torch.float64)
+    sample_tail_ref(torch.randn(model_rows, width), weights, gumbel_(torch.empty(rows, 256), torch.Generator()), alive,
+                    failed_at, t, tokens, loglik, torch.empty(model_rows, width), None, 1.0, 1.0, guidance)
+    finite = logit == 50.0
+    assert alive.tolist() == [finite] * rows and failed_at.tolist() == [-1 if finite else 3] * rows
+    assert torch.isfinite(loglik).all() and (tokens[:, 3] == SILENCE).all() != finite
 
 
 def test_requests_that_cannot_fit_in_memory_are_refused_up_front(model):

@@ -51,7 +51,8 @@ class AttentionBlock(nn.Module):
         ``norm``, u is the residual stream and the step returns u + block(norm(u)), the add fused
         into out_proj's kernel on CUDA."""
         keys, values, position = state
-        qkv = F.linear(u if norm is None else norm.forward(u), self.qkv.weight)
+        x = u if norm is None else torch.layer_norm(u, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        qkv = F.linear(x, self.qkv.weight)
         y = attention_step(keys, values, position, qkv, self.inv_freq)
         position.add_(1)
         return residual_linear(None if norm is None else u, y.to(u.dtype), self.out_proj.weight), state

@@ -51,7 +51,7 @@ def in_proj_conv_step_ref(u: torch.Tensor, conv_buf: torch.Tensor, in_proj_weigh
     or None. Returns x (batch, E), the conv's output after silu, and z (batch, F), in_proj's other
     outputs, both in u's dtype."""
     if norm_weight is not None:
-        u = F.layer_norm(u, u.shape[-1:], norm_weight, norm_bias, norm_eps)
+        u = torch.layer_norm(u, u.shape[-1:], norm_weight, norm_bias, norm_eps)
     E = conv_buf.shape[1]
     x, z = F.linear(u, in_proj_weight).split([E, in_proj_weight.shape[0] - E], dim=-1)
     return causal_conv_step_ref(conv_buf, x, conv_weight, conv_bias).to(u.dtype), z
