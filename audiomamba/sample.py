@@ -232,7 +232,8 @@ def _lean_ops(model: WaveformLM, device: torch.device):
                 module.__dict__[name] = value
                 mirrored.append((module, name))
     try:
-        with torch.inference_mode(), parameters_fixed(), _onednn_off() if device.type == "cpu" else contextlib.nullcontext():
+        cpu_only = _onednn_off() if device.type == "cpu" else contextlib.nullcontext()
+        with torch.inference_mode(), parameters_fixed(), cpu_only:
             yield
     finally:
         for module, name in mirrored:

@@ -119,7 +119,8 @@ def test_one_non_finite_logit_of_256_stops_its_clip_and_a_large_finite_one_does_
     weights = OutputWeights(torch.ones(width), torch.zeros(width), 1e-5, torch.randn(256, width), bias,
                             torch.randn(256, width), torch.zeros(model_rows, width))
     alive, failed_at = torch.ones(rows, dtype=torch.bool), torch.full((rows,), -1)
-    t, tokens, loglik = torch.full((rows,), 3), torch.zeros(rows, 10, dtype=torch.uint8), torch.zeros(rows, dtype=torch.float64)
+    t, tokens = torch.full((rows,), 3), torch.zeros(rows, 10, dtype=torch.uint8)
+    loglik = torch.zeros(rows, dtype=torch.float64)
     sample_tail_ref(torch.randn(model_rows, width), weights, gumbel_(torch.empty(rows, 256), torch.Generator()), alive,
                     failed_at, t, tokens, loglik, torch.empty(model_rows, width), None, 1.0, 1.0, guidance)
     finite = logit == 50.0

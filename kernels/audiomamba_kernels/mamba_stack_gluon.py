@@ -43,7 +43,7 @@ from audiomamba_kernels.mamba_stack import level_arguments
 from audiomamba_kernels.pdl import launch_options
 
 SHAPE = dict(H=64, E=128, N=16, R=4, WIDTH=4)  # the one shape it is written for
-X_PARTS, Y_PARTS = 8, 2  # x_proj's and out_proj's rows are summed in this many parts, one a thread
+X_PARTS, Y_PARTS = 8, 2  # x_proj's and out_proj's rows are summed in this many parts (measured fastest)
 SHARED_BYTES = {2: 166_800, 1: 84_368}  # its shared memory with 2 or 1 buffers (compile_for_hopper reports it)
 
 
@@ -84,7 +84,7 @@ def _room_for_it(device_index: int | None, buffers: int) -> bool:
     """A Hopper GPU whose SMs hold one program (2 buffers) or two (1 buffer), each with 1 KB more,
     what the system keeps a block."""
     props = torch.cuda.get_device_properties(device_index)
-    programs = 3 - buffers
+    programs = 1 if buffers == 2 else 2
     return props.major >= 9 and props.shared_memory_per_multiprocessor >= programs * (SHARED_BYTES[buffers] + 1024)
 
 
@@ -217,15 +217,15 @@ def _stage_step(u_ptr, out_ptr, norm_w_ptr, norm_b_ptr, in_w_ptr, conv_w_ptr, co
     L_N: gl.constexpr = _rows(N, NW)
     L_R: gl.constexpr = _rows(R, NW)
     L_W: gl.constexpr = _rows(WIDTH, NW)
-    # x_proj's B and C rows as [2N, 4, E/4]: thread (j, q) sums quarter q of row j
+    # x_proj's B and C rows as [2N, X_PARTS, E / X_PARTS]: each thread sums one part of 2N X_PARTS / (32 NW) rows
     L_BC: gl.constexpr = gl.BlockedLayout([2 * N * X_PARTS // (32 * NW), 1, E // X_PARTS], [32 // X_PARTS, X_PARTS, 1],
                                           [NW, 1, 1], [2, 1, 0])
     # x_proj's dt rows as [R, E/4, 4]: warp r sums row r, each lane 4 channels
     L_DT: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 32, 1], [NW, 1, 1], [2, 1, 0])
-    # out_proj as [H, 2, E/2]: thread (h, half) sums half of row h
+    # out_proj as [H, Y_PARTS, E / Y_PARTS]: each thread sums one part of H Y_PARTS / (32 NW) rows
     L_OUT: gl.constexpr = gl.BlockedLayout([H * Y_PARTS // (32 * NW), 1, E // Y_PARTS], [32 // Y_PARTS, Y_PARTS, 1],
                                            [NW, 1, 1], [2, 1, 0])
-    VEC: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])  # vectors, and two buffers of a vector
+    VEC: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])  # vectors, and BUFFERS copies of a vector
     b = gl.program_id(0)
     e_h = gl.arange(0, E, layout=gl.SliceLayout(1, L_H))
     h = gl.arange(0, H, layout=gl.SliceLayout(0, L_H))
@@ -249,8 +249,8 @@ def _stage_step(u_ptr, out_ptr, norm_w_ptr, norm_b_ptr, in_w_ptr, conv_w_ptr, co
             gl.allocate_shared_memory(gl.float32, [BUFFERS, H], VEC),
             gl.allocate_shared_memory(gl.bfloat16, [BUFFERS, Y_PARTS * H, E // Y_PARTS], _buffers(E // Y_PARTS, 2)))
     in_s, bc_s, dt_s, dtw_s, A_s, taps_s, newest_s, conv_s, ssm_s, cb_s, D_s, dtb_s, nw_s, nb_s, out_s = bufs
-    # The channel vectors that every thread reads: x for dt_low in fours, x and y for B, C and out_proj in
-    # quarters and halves, swizzled so that a warp's reads of different quarters do not share banks
+    # The channel vectors that every thread reads: x for dt_low in fours, x and y for B, C and out_proj
+    # in parts, swizzled so that a warp's reads of different parts do not share banks
     x_all = gl.allocate_shared_memory(gl.float32, [E], VEC)
     x_by_part = gl.allocate_shared_memory(gl.float32, [X_PARTS, E // X_PARTS], _buffers(E // X_PARTS, 4))
     y_by_part = gl.allocate_shared_memory(gl.float32, [Y_PARTS, E // Y_PARTS], _buffers(E // Y_PARTS, 4))
@@ -350,7 +350,8 @@ def stage_step(u, weights, conv_state, ssm_state, skip=None, buffers=None):
     _stage_step[(batch,)](u, out, w.norm_weight, w.norm_bias, w.in_proj, w.conv_weight, w.conv_bias, w.x_proj,
                           w.dt_proj, w.dt_bias, w.A, w.D, w.out_proj, conv_state, ssm_state, after_conv, after_ssm,
                           skip_at, skip_out, skip_out.stride(0), skip_in, skip_in.stride(0), K, batch, w.norm_eps,
-                          H=H, E=E, N=N, R=R, WIDTH=width, X_PARTS=X_PARTS, Y_PARTS=Y_PARTS, BUFFERS=buffers, PDL=bool(pdl), num_warps=E // 32, **pdl)
+                          H=H, E=E, N=N, R=R, WIDTH=width, X_PARTS=X_PARTS, Y_PARTS=Y_PARTS, BUFFERS=buffers,
+                          PDL=bool(pdl), num_warps=E // 32, **pdl)
     return out
 
 
@@ -370,5 +371,6 @@ def compile_for_hopper(buffers: int = 2):
             signature[name] = "constexpr"
         else:
             signature[name] = "fp32" if name == "eps" else "i32"
-    source = GluonASTSource(_stage_step, signature, {**SHAPE, "X_PARTS": X_PARTS, "Y_PARTS": Y_PARTS, "BUFFERS": buffers, "PDL": True}, attrs)
+    constexprs = {**SHAPE, "X_PARTS": X_PARTS, "Y_PARTS": Y_PARTS, "BUFFERS": buffers, "PDL": True}
+    source = GluonASTSource(_stage_step, signature, constexprs, attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=SHAPE["E"] // 32))
