@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from audiomamba.models.residual import step_norm
 from audiomamba.ops.attention import attention_step, rotate, windowed_attention
 from audiomamba.ops.residual_linear import residual_linear
 
@@ -51,7 +52,7 @@ class AttentionBlock(nn.Module):
         ``norm``, u is the residual stream and the step returns u + block(norm(u)), the add fused
         into out_proj's kernel on CUDA."""
         keys, values, position = state
-        x = u if norm is None else torch.layer_norm(u, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        x = step_norm(u, norm)
         qkv = F.linear(x, self.qkv.weight)
         y = attention_step(keys, values, position, qkv, self.inv_freq)
         position.add_(1)

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from audiomamba.models.residual import step_norm
 from audiomamba.ops.residual_linear import residual_linear
 
 
@@ -26,6 +27,6 @@ class MLPBlock(nn.Module):
         """u: (batch, H) -> (batch, H); with ``norm``, u is the residual stream and the step returns
         u + block(norm(u)), as every block's does: on CUDA the norm, then two kernels (fc_in with
         GELU; fc_out with the residual add)."""
-        x = u if norm is None else torch.layer_norm(u, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        x = step_norm(u, norm)
         hidden = residual_linear(None, x, self.fc_in.weight, bias=self.fc_in.bias, activation="gelu")
         return residual_linear(None if norm is None else u, hidden, self.fc_out.weight, bias=self.fc_out.bias), state

@@ -5,6 +5,12 @@ import torch
 import torch.nn as nn
 
 
+def step_norm(u: torch.Tensor, norm: nn.LayerNorm | None) -> torch.Tensor:
+    """norm(u) for a block's step, or u without a norm: the functional call, without the module's
+    and ``F.layer_norm``'s per-call overhead (a batch-1 CPU step is bound by it)."""
+    return u if norm is None else torch.layer_norm(u, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
 class ResidualBlock(nn.Module):
     """Wraps any block with ``forward``, ``initial_state`` and ``step``; shapes are the block's."""
 
