@@ -117,8 +117,8 @@ def print_stack(widths: list[int], arch: int, ghz: float) -> None:
             for projections in ("fp32", "bf16"):
                 exact = mamba_stack._masks_exact((width, R, E % ce), (h_pad, r_pad, 0), projections == "bf16",
                                                  num_warps, ce * h_pad)  # as mamba_stack_step decides
-                constexprs = dict(H_PAD=h_pad, CE=ce, N_PAD=N, R_PAD=r_pad, WIDTH=4, W_PAD=4, SPLIT=1, EXACT=exact,
-                                  PDL=False)
+                constexprs = dict(H_PAD=h_pad, CE=ce, N_PAD=N, R_PAD=r_pad, WIDTH=4, W_PAD=4, SPLIT=1, AHEAD=False,
+                                  EXACT=exact, PDL=False)
                 bf16_args = {"in_w_ptr", "xp_ptr", "dtw_ptr", "out_w_ptr"} if projections == "bf16" else set()
                 compiled = compile_pass(mamba_stack._mamba_stack_step, constexprs,
                                         dict(n_blocks=8, batch=rows, H=width, E=E, N=N, R=R, skip_at=8,

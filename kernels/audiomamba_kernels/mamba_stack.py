@@ -32,11 +32,15 @@ taking E / SPLIT inner channels: at width 128, and at width 256, where the fused
 split rows beats the per-block kernels. ``ROW_SPLITS`` gives each split its warps a program
 (one warp in 32 programs at width 128: every reduction stays within the warp). Each program
 holds the whole stream u, so each computes the LayerNorm itself; the two sums over all
-channels, x_proj's and out_proj's, are exchanged: every program stores its share, waits at a
-barrier on a counter in global memory (``_row_barrier``) and sums all shares in the same order,
-so every program keeps the same u. A launch's last program to finish sets the row's counters
-back to zero, so a CUDA graph can replay it. The counters are one tensor per device: two
-launches that split rows must not run at the same time on different streams (this project's
+channels, x_proj's and out_proj's, are exchanged: every program stores its share, arrives at a
+barrier on a counter in global memory (``_arrive``), waits there for the others (``_wait``) and
+sums all shares in the same order, so every program keeps the same u. Where
+``LOADS_DURING_WAITS`` says so (a program's share is one chunk), a program issues its next loads
+between arriving and waiting: the back's at the first barrier, the next block's front at the
+second. The wait spins on acquire loads, which, unlike the release an arrival needs, do not wait
+for those loads to land. A launch's last program to finish sets the row's counters back to zero,
+so a CUDA graph can replay it. The counters are one tensor per device: two launches that split
+rows must not run at the same time on different streams (this project's
 sampling runs one generation at a time, and so does the demo's queue).
 """
 from __future__ import annotations
@@ -62,6 +66,10 @@ SPLIT_ROWS = 64  # at most this many programs in all when rows are split (all mu
 # Measured (BENCHMARKS.md, "Generation, sessions 23 and 26"): per stage width, how rows are split, as
 # (programs a row, warps a program), in order of preference; the first that fits the batch is used.
 ROW_SPLITS = {128: ((32, 1), (16, 4), (4, 4)), 256: ((64, 4), (32, 4), (16, 8))}
+# Measured (BENCHMARKS.md, "Generation, session 28"): the (width, programs a row) whose programs issue
+# their next loads between arriving at a barrier and waiting there (7-9% faster a block); slower
+# at width 256 (up to 9%), no faster at (128, 4).
+LOADS_DURING_WAITS = {(128, 32), (128, 16)}
 
 _ROW_COUNTERS: dict[torch.device, torch.Tensor] = {}
 
@@ -192,15 +200,29 @@ def _back(x, z, dt_low, Bv, Cv, w_dt, dt_b, D, s, A, w_out, ssm_row, e, e_ok, n,
 
 
 @triton.jit
-def _row_barrier(sync, arrivals):
-    """Wait until the row's programs have made ``arrivals`` arrivals in all (counted at ``sync``),
-    this one's included; every store made before it is then visible to the row's programs."""
+def _arrive(sync):
+    """This program's arrival at its row's barrier (counted at ``sync``): every store it made before
+    is then visible to the row's programs that wait for it."""
     tl.debug_barrier()  # the program's own stores (from all its threads) before its arrival
     tl.atomic_add(sync, 1, sem="release", scope="gpu")
-    while tl.load(sync, volatile=True) < arrivals:  # plain reads: atomics would queue behind each other
+
+
+@triton.jit
+def _wait(sync, arrivals):
+    """Wait until the row's programs have made ``arrivals`` arrivals in all. Acquire loads (not
+    atomics, which would queue behind each other): the one that sees the last arrival also makes
+    what the others stored before arriving visible. Loads issued between ``_arrive`` and here
+    proceed while the program waits (a release atomic or fence would wait for them instead)."""
+    while _load_acquire(sync) < arrivals:
         pass
-    tl.atomic_add(sync, 0, sem="acquire", scope="gpu")  # what the others stored before arriving is visible
     tl.debug_barrier()
+
+
+@triton.jit
+def _load_acquire(ptr):
+    """``*ptr`` (int32) by ``ld.acquire.gpu``."""
+    return tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
+                                     is_pure=False, pack=1)
 
 
 @triton.jit
@@ -217,21 +239,41 @@ def _gather_sum(shares, idx, SPLIT: tl.constexpr, WIDTH: tl.constexpr):
 
 
 @triton.jit
+def _block_pointers(k, b, batch, skip_at, conv_ptr, ssm_ptr, conv_after_ptr, ssm_after_ptr, in_w_ptr, xp_ptr,
+                    conv_w_ptr, conv_b_ptr, dtw_ptr, dtb_ptr, A_ptr, D_ptr, out_w_ptr, H, E, N, R,
+                    WIDTH: tl.constexpr):
+    """Block k's weights, and row b's conv and SSM states in it (before or after the skip)."""
+    if k < skip_at:
+        conv_row = conv_ptr + (k * batch + b) * E * WIDTH
+        ssm_row = ssm_ptr + (k * batch + b) * E * N
+    else:
+        conv_row = conv_after_ptr + ((k - skip_at) * batch + b) * E * WIDTH
+        ssm_row = ssm_after_ptr + ((k - skip_at) * batch + b) * E * N
+    return (conv_row, ssm_row, in_w_ptr + k * 2 * E * H, xp_ptr + k * (R + 2 * N) * E, conv_w_ptr + k * E * WIDTH,
+            conv_b_ptr + k * E, dtw_ptr + k * E * R, dtb_ptr + k * E, A_ptr + k * E * N, D_ptr + k * E,
+            out_w_ptr + k * H * E)
+
+
+@triton.jit
 def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_ptr, conv_w_ptr, conv_b_ptr,
                       xp_ptr, dtw_ptr, dtb_ptr, A_ptr, D_ptr, out_w_ptr, conv_ptr, ssm_ptr, conv_after_ptr,
                       ssm_after_ptr, skip_at, skip_out_ptr, skip_out_stride, skip_in_ptr, skip_in_stride,
                       sync_ptr, shares_ptr, n_blocks, batch, H, E, N, R, eps, H_PAD: tl.constexpr,
                       CE: tl.constexpr, N_PAD: tl.constexpr, R_PAD: tl.constexpr, WIDTH: tl.constexpr,
-                      W_PAD: tl.constexpr, SPLIT: tl.constexpr, EXACT: tl.constexpr, PDL: tl.constexpr):
+                      W_PAD: tl.constexpr, SPLIT: tl.constexpr, AHEAD: tl.constexpr, EXACT: tl.constexpr,
+                      PDL: tl.constexpr):
+    """AHEAD (a split row whose share is one chunk): each barrier's wait overlaps loads, the
+    back's at the first and the next block's front's at the second."""
     b = tl.program_id(0)
     part = tl.program_id(1)  # which of the row's SPLIT shares of the inner channels this program takes
     h, n, r, w = tl.arange(0, H_PAD), tl.arange(0, N_PAD), tl.arange(0, R_PAD), tl.arange(0, W_PAD)
     h_ok, n_ok, r_ok, w_ok = h < H, n < N, r < R, w < WIDTH
     if EXACT:  # every size is its padded size: masks the compiler sees as all-true, and drops
         h_ok, n_ok, r_ok, w_ok = h < H_PAD, n < N_PAD, r < R_PAD, w < W_PAD
-    P = R + 2 * N  # x_proj's rows: [0, R) dt_low, [R, R + N) B, [R + N, R + 2N) C
     e_begin = part * (E // SPLIT)
     e_end = e_begin + E // SPLIT
+    pointers = (b, batch, skip_at, conv_ptr, ssm_ptr, conv_after_ptr, ssm_after_ptr, in_w_ptr, xp_ptr, conv_w_ptr,
+                conv_b_ptr, dtw_ptr, dtb_ptr, A_ptr, D_ptr, out_w_ptr, H, E, N, R, WIDTH)
     wait_for_inputs(PDL)
     release_dependents(PDL)
     u = tl.load(u_ptr + b * H + h, mask=h_ok, other=0.0).to(tl.float32)
@@ -239,20 +281,17 @@ def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_
     z_scratch = x_scratch + E
     sync = sync_ptr + b * 2  # a split row's arrivals, then its exits
     shares = shares_ptr + b * SPLIT * (R_PAD + 2 * N_PAD + H_PAD)  # its programs' x_proj shares, then out_proj's
+    if AHEAD:
+        e = e_begin + tl.arange(0, CE)
+        e_ok = tl.arange(0, CE) < CE
+        conv_row, _, in_w, xp, conv_w, conv_b, _, _, _, _, _ = _block_pointers(0, *pointers)
+        front = _front_loads(in_w, conv_row, conv_w, conv_b, xp, e, e_ok, h, h_ok, w, w_ok, r, r_ok, n, n_ok,
+                             E, H, R, N, WIDTH)
     for k in range(n_blocks):
         if k == skip_at:  # the U-Net's skip connection: the stream goes out, the upsampled row comes in
             tl.store(skip_out_ptr + b * skip_out_stride + h, u, mask=h_ok & (part == 0))
             u += tl.load(skip_in_ptr + b * skip_in_stride + h, mask=h_ok, other=0.0)
-        if k < skip_at:
-            conv_row = conv_ptr + (k * batch + b) * E * WIDTH
-            ssm_row = ssm_ptr + (k * batch + b) * E * N
-        else:
-            conv_row = conv_after_ptr + ((k - skip_at) * batch + b) * E * WIDTH
-            ssm_row = ssm_after_ptr + ((k - skip_at) * batch + b) * E * N
-        in_w, xp = in_w_ptr + k * 2 * E * H, xp_ptr + k * P * E
-        conv_w, conv_b = conv_w_ptr + k * E * WIDTH, conv_b_ptr + k * E
-        dt_w, dt_b = dtw_ptr + k * E * R, dtb_ptr + k * E
-        A, D, out_w = A_ptr + k * E * N, D_ptr + k * E, out_w_ptr + k * H * E
+        conv_row, ssm_row, in_w, xp, conv_w, conv_b, dt_w, dt_b, A, D, out_w = _block_pointers(k, *pointers)
         norm_w = tl.load(norm_w_ptr + k * H + h, mask=h_ok, other=0.0)
         norm_b = tl.load(norm_b_ptr + k * H + h, mask=h_ok, other=0.0)
         centred = tl.where(h_ok, u - tl.sum(u, 0) / H, 0.0)
@@ -263,8 +302,12 @@ def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_
         for e0 in range(e_begin, e_end, CE):
             e = e0 + tl.arange(0, CE)
             e_ok = (tl.arange(0, CE) < CE) if EXACT else (e < e_end)
-            w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C = _front_loads(
-                in_w, conv_row, conv_w, conv_b, xp, e, e_ok, h, h_ok, w, w_ok, r, r_ok, n, n_ok, E, H, R, N, WIDTH)
+            if AHEAD:
+                w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C = front
+            else:
+                w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C = _front_loads(
+                    in_w, conv_row, conv_w, conv_b, xp, e, e_ok, h, h_ok, w, w_ok, r, r_ok, n, n_ok, E, H, R, N,
+                    WIDTH)
             x, z, dt_part, B_part, C_part = _front(un, w_x, w_z, buf, buf_w, new_w, cb, xp_dt, xp_B, xp_C,
                                                    conv_row, e, e_ok, w, w_ok, WIDTH)
             tl.store(x_scratch + e, x, mask=e_ok)
@@ -276,7 +319,10 @@ def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_
             _publish(shares, part, dt_low, r, R_PAD)
             _publish(shares + SPLIT * R_PAD, part, Bv, n, N_PAD)
             _publish(shares + SPLIT * (R_PAD + N_PAD), part, Cv, n, N_PAD)
-            _row_barrier(sync, (2 * k + 1) * SPLIT)
+            _arrive(sync)
+            if AHEAD:
+                back = _back_loads(dt_w, dt_b, A, D, out_w, ssm_row, e, e_ok, h, h_ok, r, r_ok, n, n_ok, E, R, N)
+            _wait(sync, (2 * k + 1) * SPLIT)
             dt_low = _gather_sum(shares, r, SPLIT, R_PAD)
             Bv = _gather_sum(shares + SPLIT * R_PAD, n, SPLIT, N_PAD)
             Cv = _gather_sum(shares + SPLIT * (R_PAD + N_PAD), n, SPLIT, N_PAD)
@@ -285,15 +331,24 @@ def _mamba_stack_step(u_ptr, out_ptr, scratch_ptr, norm_w_ptr, norm_b_ptr, in_w_
         for e0 in range(e_begin, e_end, CE):
             e = e0 + tl.arange(0, CE)
             e_ok = (tl.arange(0, CE) < CE) if EXACT else (e < e_end)
-            w_dt, db, Dv, s, Av, w_out = _back_loads(dt_w, dt_b, A, D, out_w, ssm_row, e, e_ok, h, h_ok, r, r_ok,
-                                                     n, n_ok, E, R, N)
+            if AHEAD:
+                w_dt, db, Dv, s, Av, w_out = back
+            else:
+                w_dt, db, Dv, s, Av, w_out = _back_loads(dt_w, dt_b, A, D, out_w, ssm_row, e, e_ok, h, h_ok, r, r_ok,
+                                                         n, n_ok, E, R, N)
             x = tl.load(x_scratch + e, mask=e_ok, other=0.0)
             z = tl.load(z_scratch + e, mask=e_ok, other=0.0)
             out += _back(x, z, dt_low, Bv, Cv, w_dt, db, Dv, s, Av, w_out, ssm_row, e, e_ok, n, n_ok, N)
         tl.debug_barrier()  # the backs' scratch reads before the next block's writes
         if SPLIT > 1:  # out_proj summed over the row's programs
             _publish(shares + SPLIT * (R_PAD + 2 * N_PAD), part, out, h, H_PAD)
-            _row_barrier(sync, (2 * k + 2) * SPLIT)
+            _arrive(sync)
+            if AHEAD:  # the next block's (the last block's again after it: unused)
+                conv_row, _, in_w, xp, conv_w, conv_b, _, _, _, _, _ = _block_pointers(
+                    tl.minimum(k + 1, n_blocks - 1), *pointers)
+                front = _front_loads(in_w, conv_row, conv_w, conv_b, xp, e, e_ok, h, h_ok, w, w_ok, r, r_ok, n,
+                                     n_ok, E, H, R, N, WIDTH)
+            _wait(sync, (2 * k + 2) * SPLIT)
             out = _gather_sum(shares + SPLIT * (R_PAD + 2 * N_PAD), h, SPLIT, H_PAD)
         u += out
     tl.store(out_ptr + b * H + h, u.to(out_ptr.dtype.element_ty), mask=h_ok & (part == 0))
@@ -391,5 +446,6 @@ def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None, split=None):
         w.dt_bias, w.A, w.D, w.out_proj, conv_state, ssm_state, after_conv, after_ssm, skip_at, skip_out,
         skip_out.stride(0), skip_in, skip_in.stride(0), counters, shares, K, batch, H, E, N, R, w.norm_eps,
         H_PAD=h_pad, CE=ce, N_PAD=n_pad, R_PAD=r_pad, WIDTH=width, W_PAD=w_pad, SPLIT=split,
-        EXACT=exact, PDL=bool(pdl), num_warps=num_warps, **pdl)
+        AHEAD=(H, split) in LOADS_DURING_WAITS and share == ce, EXACT=exact, PDL=bool(pdl), num_warps=num_warps,
+        **pdl)
     return out
