@@ -5,12 +5,14 @@ instruction's executions, shared-memory wavefronts and stall samples:
 
     ncu --set full --warp-sampling-interval 0 -k regex:_stage_step -s 2 -c 1 -o prof python SCRIPT
     ncu -i prof.ncu-rep --page source --csv --print-source sass > prof.csv
-    python kernels/ncu_stalls.py prof.csv
+    python kernels/ncu_stalls.py prof.csv [--top 20]
 
 It prints the stall reasons over the whole kernel; then, for each stretch between two CTA
 barriers (``BAR.SYNC``), its share of the executed instructions and of the stall samples, its
-commonest instructions and its main stall reasons; then the shared-memory instructions that take
-more wavefronts than they would without bank conflicts. (BENCHMARKS.md, "Generation, session 27",
+commonest instructions and its main stall reasons; with ``--top N``, the N instructions where
+warps stalled most and why (BENCHMARKS.md, "Selective-scan kernels, session 28", found loads
+waited on too late this way); then the shared-memory instructions that take more wavefronts than
+they would without bank conflicts. (BENCHMARKS.md, "Generation, session 27",
 found the Gluon stage kernel's bank conflicts this way.)
 """
 from __future__ import annotations
@@ -74,6 +76,14 @@ def bank_conflicts(rows: list[dict]) -> list[tuple[str, str, float, float]]:
             for row in rows if _number(row["L1 Wavefronts Shared"]) > _number(row["L1 Wavefronts Shared Ideal"]) > 0]
 
 
+def most_stalled(rows: list[dict], stalls: list[str], top: int) -> list[tuple[str, str, float, Counter]]:
+    """(address, instruction, stall samples, samples by reason) of the ``top`` instructions with
+    the most stall samples, most first."""
+    ranked = sorted(rows, key=lambda row: -_number(row["Warp Stall Sampling (All Samples)"]))[:top]
+    return [(row["Address"], row["Source"].strip(), _number(row["Warp Stall Sampling (All Samples)"]),
+             Counter({name[len("stall_"):]: _number(row[name]) for name in stalls})) for row in ranked]
+
+
 def _shares(counter: Counter, total: float, top: int) -> str:
     return ", ".join(f"{name} {value / total * 100:.0f}%" for name, value in counter.most_common(top) if value)
 
@@ -81,6 +91,8 @@ def _shares(counter: Counter, total: float, top: int) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv", help="ncu -i REPORT --page source --csv --print-source sass > CSV")
+    parser.add_argument("--top", type=int, default=0, metavar="N",
+                        help="also list the N instructions with the most stall samples")
     args = parser.parse_args(argv)
     rows, stall_names = read(args.csv)
     parts = stretches(rows, stall_names)
@@ -93,6 +105,11 @@ def main(argv=None) -> None:
     for i, p in enumerate(parts):
         print(f"| {i} | `{p.first[:40]}` | {p.executed / executed * 100:.1f}% | {p.samples / max(samples, 1) * 100:.1f}% "
               f"| {_shares(p.ops, p.executed, 5)} | {_shares(p.stalls, max(sum(p.stalls.values()), 1), 3)} |")
+    if args.top:
+        print("\ninstructions with the most stall samples (share of all samples; main reasons):")
+        for address, source, count, reasons in most_stalled(rows, stall_names, args.top):
+            print(f"  {address}  {source[:60]:60s} {count / max(samples, 1) * 100:5.1f}%  "
+                  f"{_shares(reasons, max(sum(reasons.values()), 1), 2)}")
     conflicts = bank_conflicts(rows)
     if conflicts:
         print("\nshared-memory instructions with bank conflicts (wavefronts / ideal):")

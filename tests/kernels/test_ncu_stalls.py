@@ -36,3 +36,14 @@ def test_it_cuts_at_barriers_and_names_the_conflicted_load(tmp_path):
     assert "`@P0   FADD R1, R1, R6` | 40.0% | 60.0% | FADD 100%" in second and "wait 100%" in second
     assert "0x10  LDS.128 R4, [R2]" in out.stdout and "1600 / 400" in out.stdout
     assert "0x20" not in out.stdout.split("bank conflicts")[1]
+
+
+def test_top_lists_the_most_stalled_instructions_with_their_reasons(tmp_path):
+    write(tmp_path / "prof.csv")
+    out = subprocess.run([sys.executable, "kernels/ncu_stalls.py", str(tmp_path / "prof.csv"), "--top", "2"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    listed = out.stdout.split("most stall samples")[1].split("\n\n")[0].splitlines()[1:]
+    assert len(listed) == 2
+    assert listed[0].split()[:2] == ["0x40", "@P0"] and "60.0%  wait 100%" in listed[0]
+    assert listed[1].split()[:2] == ["0x10", "LDS.128"] and "30.0%  mio 83%, wait 17%" in listed[1]
