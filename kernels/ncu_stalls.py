@@ -10,8 +10,8 @@ instruction's executions, shared-memory wavefronts and stall samples:
 It prints the stall reasons over the whole kernel; then, for each stretch between two CTA
 barriers (``BAR.SYNC``), its share of the executed instructions and of the stall samples, its
 commonest instructions and its main stall reasons; with ``--top N``, the N instructions where
-warps stalled most and why (BENCHMARKS.md, "Selective-scan kernels, session 28", found loads
-waited on too late this way); then the shared-memory instructions that take more wavefronts than
+warps stalled most and why (BENCHMARKS.md, "Selective-scan kernels, session 28", found a
+prefetch too short this way); then the shared-memory instructions that take more wavefronts than
 they would without bank conflicts. (BENCHMARKS.md, "Generation, session 27",
 found the Gluon stage kernel's bank conflicts this way.)
 """
