@@ -17,11 +17,9 @@ import triton.language as tl
 from audiomamba.data.mulaw import SILENCE
 from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
 
-# The head's columns a program multiplies at a time, (256, CHUNK) weight tiles, and its warps:
-# the best of 16, 32 and 64 with 4 or 8 warps at batch 256 and 1024, and within 0.3 us of the
-# best at batch 1 (BENCHMARKS.md, "Generation, session 21").
-CHUNK = 32
-NUM_WARPS = 8
+# Warps a program: enough that the head's (256, H) weights, held in registers, take at most 64 a
+# thread (8 warps at H = 64), up to 32 warps.
+MIN_WARPS, MAX_WARPS = 8, 32
 
 
 @triton.jit
@@ -30,43 +28,42 @@ def _all_finite(v):
 
 
 @triton.jit
-def _logits(h_ptr, norm_w_ptr, norm_b_ptr, head_w_ptr, head_b_ptr, H, eps, H_PAD: tl.constexpr,
-            CHUNK: tl.constexpr):
-    """(256,) logits of one backbone output row h (H,): head(LayerNorm(h))."""
-    k = tl.arange(0, 256)
+def _logits(h_ptr, norm_w, norm_b, head_w, head_b, H, eps, H_PAD: tl.constexpr):
+    """(256,) logits of one backbone output row h (H,): head(LayerNorm(h)), from the norm's and
+    the head's weights already loaded (H_PAD,) and (256, H_PAD)."""
     c = tl.arange(0, H_PAD)
     h = tl.load(h_ptr + c, mask=c < H, other=0.0).to(tl.float32)
     mean = tl.sum(h, 0) / H
     centred = tl.where(c < H, h - mean, 0.0)
-    inv_std = 1.0 / tl.sqrt(tl.sum(centred * centred, 0) / H + eps)
-    logits = tl.load(head_b_ptr + k)
-    for c0 in range(0, H, CHUNK):  # the normalised row again, CHUNK columns at a time
-        j = c0 + tl.arange(0, CHUNK)
-        j_ok = j < H
-        normed = ((tl.load(h_ptr + j, mask=j_ok, other=0.0).to(tl.float32) - mean) * inv_std
-                  * tl.load(norm_w_ptr + j, mask=j_ok, other=0.0) + tl.load(norm_b_ptr + j, mask=j_ok, other=0.0))
-        w = tl.load(head_w_ptr + k[:, None] * H + j[None, :], mask=j_ok[None, :], other=0.0)
-        logits += tl.sum(w * tl.where(j_ok, normed, 0.0)[None, :], 1)
-    return logits
+    normed = centred / tl.sqrt(tl.sum(centred * centred, 0) / H + eps) * norm_w + norm_b
+    return head_b + tl.sum(head_w * normed[None, :], 1)
 
 
 @triton.jit
 def _sample_tail(h_ptr, norm_w_ptr, norm_b_ptr, head_w_ptr, head_b_ptr, embed_ptr, label_ptr, gumbel_ptr,
                  alive_ptr, failed_ptr, t_ptr, tokens_ptr, loglik_ptr, input_ptr, prefix_ptr, rows, length,
-                 prefix_len, temperature, guidance, H, eps, H_PAD: tl.constexpr, CHUNK: tl.constexpr,
+                 prefix_len, temperature, guidance, H, eps, H_PAD: tl.constexpr,
                  GUIDED: tl.constexpr, GREEDY: tl.constexpr, HAS_PREFIX: tl.constexpr, SILENCE: tl.constexpr,
                  PDL: tl.constexpr):
     row = tl.program_id(0)
     k = tl.arange(0, 256)
     c = tl.arange(0, H_PAD)
     c_ok = c < H
+    # What the kernel before this one does not write is loaded before waiting for it: with PDL
+    # these loads overlap that kernel's end (the noise was drawn before the step began).
+    norm_w = tl.load(norm_w_ptr + c, mask=c_ok, other=0.0)
+    norm_b = tl.load(norm_b_ptr + c, mask=c_ok, other=0.0)
+    head_w = tl.load(head_w_ptr + k[:, None] * H + c[None, :], mask=c_ok[None, :], other=0.0)
+    head_b = tl.load(head_b_ptr + k)
+    label = tl.load(label_ptr + row * H + c, mask=c_ok, other=0.0)
+    if not GREEDY:
+        gumbel = tl.load(gumbel_ptr + row * 256 + k)
     wait_for_inputs(PDL)
     release_dependents(PDL)
     t = tl.load(t_ptr + row)
-    logits = _logits(h_ptr + row * H, norm_w_ptr, norm_b_ptr, head_w_ptr, head_b_ptr, H, eps, H_PAD, CHUNK)
+    logits = _logits(h_ptr + row * H, norm_w, norm_b, head_w, head_b, H, eps, H_PAD)
     if GUIDED:
-        uncond = _logits(h_ptr + (rows + row) * H, norm_w_ptr, norm_b_ptr, head_w_ptr, head_b_ptr, H, eps, H_PAD,
-                         CHUNK)
+        uncond = _logits(h_ptr + (rows + row) * H, norm_w, norm_b, head_w, head_b, H, eps, H_PAD)
         sampling = uncond + guidance * (logits - uncond)
         finite = _all_finite(logits) & _all_finite(sampling)
     else:
@@ -82,7 +79,7 @@ def _sample_tail(h_ptr, norm_w_ptr, norm_b_ptr, head_w_ptr, head_b_ptr, embed_pt
     if GREEDY:
         nxt = tl.argmax(sampling, axis=0)
     else:
-        nxt = tl.argmax(sampling / temperature + tl.load(gumbel_ptr + row * 256 + k), axis=0)
+        nxt = tl.argmax(sampling / temperature + gumbel, axis=0)
     if HAS_PREFIX:
         forced = tl.load(prefix_ptr + tl.minimum(t, prefix_len - 1))
         nxt = tl.where(t < prefix_len, forced, nxt)
@@ -95,7 +92,7 @@ def _sample_tail(h_ptr, norm_w_ptr, norm_b_ptr, head_w_ptr, head_b_ptr, embed_pt
     tl.store(tokens_ptr + row * length + t, nxt.to(tl.uint8))
     tl.store(t_ptr + row, t + 1)
     embedded = tl.load(embed_ptr + nxt * H + c, mask=c_ok, other=0.0)
-    tl.store(input_ptr + row * H + c, embedded + tl.load(label_ptr + row * H + c, mask=c_ok, other=0.0), mask=c_ok)
+    tl.store(input_ptr + row * H + c, embedded + label, mask=c_ok)
     if GUIDED:
         twin = (rows + row) * H + c
         tl.store(input_ptr + twin, embedded + tl.load(label_ptr + twin, mask=c_ok, other=0.0), mask=c_ok)
@@ -112,11 +109,12 @@ def sample_tail(h, weights, gumbel, alive, failed_at, t, tokens, loglik, next_in
     if not (next_input.is_contiguous() and next_input.dtype == w.embed.dtype == w.label_vectors.dtype):
         raise ValueError("next_input must be contiguous, of the embeddings' dtype (it is written in place)")
     h, gumbel = h.contiguous(), gumbel.contiguous()
+    H_PAD = triton.next_power_of_2(H)
     pdl = launch_options(h)
     _sample_tail[(rows,)](h, w.norm_weight, w.norm_bias, w.head_weight, w.head_bias, w.embed, w.label_vectors,
                           gumbel, alive, failed_at, t, tokens, loglik, next_input,
                           prefix if prefix is not None else t, rows, length,
                           len(prefix) if prefix is not None else 0, temperature, guidance, H, w.norm_eps,
-                          H_PAD=triton.next_power_of_2(H), CHUNK=min(CHUNK, triton.next_power_of_2(H)),
-                          GUIDED=guidance != 1.0, GREEDY=temperature <= 0, HAS_PREFIX=prefix is not None,
-                          SILENCE=SILENCE, PDL=bool(pdl), num_warps=NUM_WARPS, **pdl)
+                          H_PAD=H_PAD, GUIDED=guidance != 1.0, GREEDY=temperature <= 0,
+                          HAS_PREFIX=prefix is not None, SILENCE=SILENCE, PDL=bool(pdl),
+                          num_warps=min(MAX_WARPS, max(MIN_WARPS, 256 * H_PAD // (64 * 32))), **pdl)
