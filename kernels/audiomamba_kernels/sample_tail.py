@@ -23,8 +23,21 @@ MIN_WARPS, MAX_WARPS = 8, 32
 
 
 @triton.jit
-def _all_finite(v):
-    return tl.min(((v - v) == 0.0).to(tl.int32), axis=0) == 1  # x - x is NaN for +-inf and NaN
+def _finite(v):
+    return ((v - v) == 0.0).to(tl.int32)  # x - x is NaN for +-inf and NaN
+
+
+@triton.jit
+def _draw(ok1, top1, score1, at1, ok2, top2, score2, at2):
+    """One reduction for four results: all finite (min), the top logit (max), and the top score
+    with its first index (argmax)."""
+    first = (score1 > score2) | ((score1 == score2) & (at1 < at2))
+    return tl.minimum(ok1, ok2), tl.maximum(top1, top2), tl.where(first, score1, score2), tl.where(first, at1, at2)
+
+
+@triton.jit
+def _add_pairs(a1, b1, a2, b2):
+    return a1 + a2, b1 + b2
 
 
 @triton.jit
@@ -65,28 +78,24 @@ def _sample_tail(h_ptr, norm_w_ptr, norm_b_ptr, head_w_ptr, head_b_ptr, embed_pt
     if GUIDED:
         uncond = _logits(h_ptr + (rows + row) * H, norm_w, norm_b, head_w, head_b, H, eps, H_PAD)
         sampling = uncond + guidance * (logits - uncond)
-        finite = _all_finite(logits) & _all_finite(sampling)
+        ok = _finite(logits) & _finite(sampling)
     else:
         sampling = logits
-        finite = _all_finite(logits)
+        ok = _finite(logits)
+    score = sampling if GREEDY else sampling / temperature + gumbel
+    # (In a row with a non-finite logit, top and nxt are garbage; the row stops and they go unused.)
+    finite, top, _, nxt = tl.reduce((ok, logits, score, k), 0, _draw)
     was_alive = tl.load(alive_ptr + row) != 0
     failed = tl.load(failed_ptr + row)
     tl.store(failed_ptr + row, tl.where(was_alive & (finite == 0), t, failed))
-    alive = was_alive & finite
+    alive = was_alive & (finite == 1)
     tl.store(alive_ptr + row, alive.to(tl.int1))
-    logits = tl.where(alive, logits, 0.0)
-    sampling = tl.where(alive, sampling, 0.0)
-    if GREEDY:
-        nxt = tl.argmax(sampling, axis=0)
-    else:
-        nxt = tl.argmax(sampling / temperature + gumbel, axis=0)
     if HAS_PREFIX:
         forced = tl.load(prefix_ptr + tl.minimum(t, prefix_len - 1))
         nxt = tl.where(t < prefix_len, forced, nxt)
     nxt = tl.where(alive, nxt, SILENCE)
-    top = tl.max(logits, axis=0)
-    chosen = tl.sum(tl.where(k == nxt, logits, 0.0), axis=0)
-    logp = (chosen - top) - tl.log(tl.sum(tl.exp(logits - top), axis=0))
+    total, chosen = tl.reduce((tl.exp(logits - top), tl.where(k == nxt, logits, 0.0)), 0, _add_pairs)
+    logp = (chosen - top) - tl.log(total)
     loglik = tl.load(loglik_ptr + row)
     tl.store(loglik_ptr + row, loglik + tl.where(alive, logp.to(tl.float64), 0.0))
     tl.store(tokens_ptr + row * length + t, nxt.to(tl.uint8))
@@ -96,7 +105,6 @@ def _sample_tail(h_ptr, norm_w_ptr, norm_b_ptr, head_w_ptr, head_b_ptr, embed_pt
     if GUIDED:
         twin = (rows + row) * H + c
         tl.store(input_ptr + twin, embedded + tl.load(label_ptr + twin, mask=c_ok, other=0.0), mask=c_ok)
-
 
 def sample_tail(h, weights, gumbel, alive, failed_at, t, tokens, loglik, next_input, prefix, temperature, top_p,
                 guidance):
