@@ -106,6 +106,7 @@ def _sample_tail(h_ptr, norm_w_ptr, norm_b_ptr, head_w_ptr, head_b_ptr, embed_pt
         twin = (rows + row) * H + c
         tl.store(input_ptr + twin, embedded + tl.load(label_ptr + twin, mask=c_ok, other=0.0), mask=c_ok)
 
+
 def sample_tail(h, weights, gumbel, alive, failed_at, t, tokens, loglik, next_input, prefix, temperature, top_p,
                 guidance):
     """One kernel; arguments and effects as ``sample_tail_ref`` (top_p must be 1)."""
