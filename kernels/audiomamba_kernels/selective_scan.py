@@ -243,10 +243,8 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     L = L_UNITS * L_ALIGN  # the length, known to the compiler as a multiple of L_ALIGN (see _prepare)
     t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD, group * N_PAD)
     partial = group.to(tl.int64) * tl.num_programs(1) * n_ch * L if GROUPS > 1 else 0  # its slice of gu, gdelta
-    chunk_end = tl.minimum(c * T + T, L)
     rows = (delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, pre_ptr, A_ptr, incoming_ptr, carry_in_ptr)
     flags = (BLOCK, HAS_BIAS, HAS_Z, True, GRADS and HAS_Z, GRADS, GRADS)
-    t_back = c * T + T - 1 - tl.arange(0, T)  # the chunk's times backwards, for the adjoint's scan
     raw_n, bias_n, u_n, z_n, g_n, pre_n, A_n, h0_n, carry_n = _channel_inputs(*rows, blk, 0, b, c, n_ch, L, N,
                                                                               n_chunks, t, n, t_ok, n_ok, *flags)
     B_tile = tl.load(B_ptr + bc_offsets, mask=tile_ok, other=0.0).to(tl.float32)
@@ -273,17 +271,17 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             drive = (dt * u)[None, :] * B_tile
             h = tl.associative_scan((a, _with_incoming(drive, a, h0, T)), 1, _combine)[1]
             # Adjoint: lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1], and at the chunk's last sample
-            # (where a[t+1] is 1: delta is masked to 0 past the chunk end) plus the adjoint carried in
-            # from later chunks. That is a forward scan over the chunk backwards in time: its decays
-            # read backwards from memory, C flipped once for the block (above), gy flipped in (a
-            # row: cheap), lambda flipped out (a tile: the one tile flip per channel). At the outer
-            # stage Triton's reverse scan cost 1.1 ms more than a forward one, a tile's tl.flip
-            # about 0.2 ms (BENCHMARKS.md). Padded states and times, and a block's missing
-            # channels, load as zeros, so lambda and h are zero there and need no mask.
-            next_ok = (t_back + 1 < chunk_end) & d_ok  # delta one sample later, read backwards (in cache)
-            raw_next_back = tl.load(delta_ptr + row + t_back + 1, mask=next_ok, other=0.0).to(tl.float32)
-            dt_next_back = _delta(raw_next_back, bias, next_ok, HAS_BIAS, SOFTPLUS)
-            last = (tl.arange(0, T) == 0)[None, :]  # the chunk's last sample, first backwards
+            # (where a[t+1] is 1) plus the adjoint carried in from later chunks. That is a forward
+            # scan over the chunk backwards in time. Position j holds time T - 1 - j, whose decay
+            # takes dt[T - j], gathered from the row: zero at j = 0 (the chunk's end) and past the
+            # sequence's end (where dt is masked to zero). C is flipped once for the block (above),
+            # gy flipped in (a row: cheap), lambda flipped out (a tile: the one tile flip per
+            # channel). At the outer stage Triton's reverse scan cost 1.1 ms more than a forward
+            # one, a tile's tl.flip about 0.2 ms (BENCHMARKS.md). Padded states and times, and a
+            # block's missing channels, load as zeros, so lambda and h are zero there and need no mask.
+            back = tl.arange(0, T)
+            dt_next_back = tl.where(back == 0, 0.0, tl.gather(dt, tl.minimum(T - back, T - 1), 0))
+            last = (back == 0)[None, :]  # the chunk's last sample, first backwards
             lam_in_back = C_tile * tl.flip(gy, 0)[None, :] + tl.where(last, carry[:, None], 0.0)
             a_next_back = tl.exp2(dt_next_back[None, :] * A2[:, None])
             lam_back = tl.associative_scan((a_next_back, lam_in_back), 1, _combine)[1]
