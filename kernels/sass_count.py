@@ -1,9 +1,10 @@
 """Instruction counts of the selective-scan chunk kernels, compiled for a Hopper GPU on any machine.
 
 Triton compiles for a target GPU without one being present (ptxas and cuobjdump come with it), so
-this runs on a CPU-only machine. For each chunk pass of the forward and the backward it prints the
-registers per thread, the stack that spilled registers go to, and the SASS instructions in the
-loop over a program's channels: one iteration scans one channel over one chunk, an (n, T) tile.
+this runs on a CPU-only machine. For each pass of the forward (those ``_forward`` runs at the
+shape's state size) and the backward it prints the registers per thread, the stack that spilled
+registers go to, and the SASS instructions in the pass's loop: one iteration scans one channel
+over one chunk, an (n, T) tile (in the sequential forward, one chunk of two channels).
 From those it gives an issue bound for a shape: the time if every SM scheduler issued one
 instruction every cycle, with no stall. No kernel that executes these loops can be faster.
 
@@ -44,6 +45,7 @@ PASSES = [  # (name, kernel, the constexprs that pick the pass, backward?); the 
     ("backward: adjoint handed back", ss._scan_chunks_bwd, dict(GRADS=False), True),
     ("backward: gradients", ss._scan_chunks_bwd, dict(GRADS=True), True),
 ]
+SEQUENTIAL = ("forward: sequential, 2 channels", ss._scan_sequential, dict(SAVE_PRE=True, HAS_INIT=False), False)
 SCHEDULERS_PER_SM = 4  # warp schedulers per SM, each issuing at most one instruction a cycle
 
 
@@ -158,21 +160,27 @@ def main() -> None:
               "| per element of the tile | FMUL / FFMA / MUFU per element | issue bound, ms |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         total = {False: 0.0, True: 0.0}
-        for name, kernel, switches, backward in PASSES:
-            tiles = ss._tiles(m, backward)
+        sequential = m["N_PAD"] <= ss.SEQUENTIAL_MAX_STATES  # the forward that ss._forward runs
+        for name, kernel, switches, backward in ([SEQUENTIAL] + PASSES[2:]) if sequential else PASSES:
+            if kernel is ss._scan_sequential:  # one loop iteration: one chunk of 2 channels, bf16 B and C as pairs
+                tiles = dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=m["N_PAD"], PAIRS=L % 2 == 0, num_warps=1)
+                channels, programs = 2, batch * -(-n_ch // 2)
+            else:
+                tiles = ss._tiles(m, backward)
+                channels, programs = 1, batch * n_ch * tiles.get("GROUPS", 1)  # per (channel, state group)
             num_warps = tiles.pop("num_warps")
             compiled = compile_pass(kernel, dict(tiles, **FLAGS, **switches), ints, num_warps, args.arch)
             profile = loop_profile(compiled.asm["cubin"])
             ops, count = profile["opcodes"], sum(profile["opcodes"].values())
-            per_thread = m["T"] * tiles["N_PAD"] / (32 * num_warps)  # tile elements each thread holds
-            iterations = m["n_chunks"] * batch * n_ch * tiles.get("GROUPS", 1)  # per (chunk, channel, state group)
+            per_thread = channels * m["T"] * tiles["N_PAD"] / (32 * num_warps)  # tile elements each thread holds
+            iterations = m["n_chunks"] * programs
             bound_ms = count * num_warps * iterations / issue_rate * 1e3
             total[backward] += bound_ms
             print(f"| {name} | {num_warps} | {profile['registers']} | {profile['stack']} "
                   f"| {count} ({ops['LDL'] + ops['STL']}) "
                   f"| {count / per_thread:.1f} | {ops['FMUL'] / per_thread:.1f} / {ops['FFMA'] / per_thread:.1f} / "
                   f"{ops['MUFU'] / per_thread:.1f} | {bound_ms:.3f} |")
-        print(f"\nchunk passes' issue bound: forward {total[False]:.3f} ms, "
+        print(f"\nthe passes' issue bound: forward {total[False]:.3f} ms, "
               f"forward + backward {total[False] + total[True]:.3f} ms")
 
 

@@ -8,7 +8,8 @@ Prints forward and forward+backward median times for one shape (batch, channels,
 default the audio outer stage, B=16, D=128, L=16000), bf16, one row per setting (chunk length,
 channels per program, warps of every chunk kernel, (states, time) elements per backward program,
 pipelining stages and unroll factor of the loop over a program's channels), with the registers
-per thread and the bytes spilled of the forward "output" pass and the backward "gradients" pass.
+per thread and the bytes spilled of the forward "output" pass (up to 16 states, the sequential forward)
+and the backward "gradients" pass.
 """
 import argparse
 import itertools
@@ -49,8 +50,16 @@ def main() -> None:
     parser.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--unroll", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
-    forward, backward = _Recorder(kernels._scan_chunks), _Recorder(kernels._scan_chunks_bwd)
-    kernels._scan_chunks, kernels._scan_chunks_bwd = forward, backward
+    # The forward's recorded kernel is the output pass, or up to SEQUENTIAL_MAX_STATES states the
+    # sequential forward, which takes none of these settings but the chunk length.
+    sequential = args.n_state <= kernels.SEQUENTIAL_MAX_STATES
+    forward = _Recorder(kernels._scan_sequential if sequential else kernels._scan_chunks)
+    backward = _Recorder(kernels._scan_chunks_bwd)
+    if sequential:
+        kernels._scan_sequential = forward
+    else:
+        kernels._scan_chunks = forward
+    kernels._scan_chunks_bwd = backward
     print(f"(B, D, L) = {tuple(args.shape)}, N = {args.n_state}")
     print("| chunk | BLOCK_D | warps | backward tile | stages | unroll | forward ms | fwd+bwd ms "
           "| regs / spills fwd | bwd |")

@@ -5,19 +5,27 @@ Same contract as ``audiomamba.ops.selective_scan.selective_scan_ref`` (the test 
     h[t] = exp(delta[t] * A) * h[t-1] + delta[t] * B[t] * u[t];   y[t] = <C[t], h[t]> + D u[t];   y *= silu(z)
 
 Layout: u, delta, z (batch, d, L); A (d, n); B, C (batch, n, L). The time axis is cut into chunks
-of T samples, and each program takes one (chunk, batch, block of channels):
+of T samples. Within a chunk, time is parallel: ``tl.associative_scan`` combines the pairs (a, b)
+of h = a h + b as (a1 a2, a2 b1 + b2), and the incoming state enters as part of the first
+sample's input (``_with_incoming``).
 
-1. ``_scan_chunks`` (pass "local") scans each chunk from a zero state. Time is parallel inside
-   the chunk: ``tl.associative_scan`` combines the pairs (a, b) of h = a h + b as
-   (a1 a2, a2 b1 + b2). It writes each chunk's end state and the sum of its delta.
+The forward, up to 16 states (``_scan_sequential``): one program takes two channels of one batch
+row and runs their chunks in time order, each from the state the chunk before left in registers,
+both channels reading each chunk's B and C tiles once. It writes y, and for the backward each
+chunk's incoming state and delta sum, and with z also y before the silu(z) gate (for gz). One
+pass evaluates each exponential once. With 64 states that ran slower than the three passes below
+(BENCHMARKS.md, "Selective-scan kernels, session 30"), which are parallel over chunks as well
+(each program takes one (chunk, batch row, block of channels)), and larger states use those:
+
+1. ``_scan_chunks`` (pass "local") computes each chunk's end state from a zero state, and the
+   sum of its delta.
 2. ``_pass_chunks`` carries the state across chunks, one program per (batch, channel). Chunk c
    multiplies the carried state by exp(A * sum(delta_c)) and adds its end state: the same pairs
    (a, b) again, so it scans PASS_CHUNKS chunks at a time.
-3. ``_scan_chunks`` (pass "output") rescans each chunk from its true incoming state and writes y.
-   The incoming state enters as part of the first sample's input (``_with_incoming``). When a
-   backward will follow, it also writes y before the silu(z) gate, for gz.
+3. ``_scan_chunks`` (pass "output") rescans each chunk from its true incoming state and writes
+   what the sequential forward writes.
 
-The backward pass has the same structure, run backwards in time for the adjoint
+The backward always runs in those three passes, backwards in time for the adjoint
 lambda[t] = C[t] dy[t] + a[t+1] lambda[t+1]. It never stores the (batch, d, n, L) states. The
 gradient through the decay uses lambda[t] * (h[t] - b[t]), which equals lambda[t] * a[t] * h[t-1]
 with no division. A program loads its B and C tiles (n x T) once and reuses them for every
@@ -53,6 +61,9 @@ NUM_WARPS = 1  # warps per program of the chunk kernels (kernels/tune.py on H100
 BACKWARD_TILE = 1024  # (states, T) elements per backward program at most: more states are split over programs
 LOOP_STAGES = 1  # software-pipelining stages of the loop over a block's channels (tl.range's num_stages)
 LOOP_UNROLL = 1  # unroll factor of that loop
+# Measured (BENCHMARKS.md, "Selective-scan kernels, session 30"): up to 16 states the forward is
+# one pass in time order (_scan_sequential), 14-19% faster on H200; 64 states run faster chunked.
+SEQUENTIAL_MAX_STATES = 16
 PASS_CHUNKS = 32  # chunks that _pass_chunks scans at a time (an (n, PASS_CHUNKS) tile; 32-128 time the same on H100)
 # Measured (BENCHMARKS.md, "Generation, session 24"): from these batches the SSM step runs x_proj and
 # dt_proj first, 16 rows a program, then the update; bf16 projections of fewer than 512 channels
@@ -185,6 +196,135 @@ def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
             end = tl.sum(tl.exp2(A2[:, None] * after[None, :]) * drive, axis=1)
             tl.store(end_state_ptr + state_offsets, end, mask=n_ok & d_ok)
             tl.store(dt_sum_ptr + (b * n_ch + d) * n_chunks + c, tl.sum(dt, axis=0), mask=d_ok)
+
+
+@triton.jit
+def _bf16_pairs(ptr, b, c, L, N, n, n_ok, T: tl.constexpr):
+    """Chunk c's (n, T) tile of a bf16 (batch, n, L) tensor, read as int32 pairs (n, T / 2): L even."""
+    k = c * (T // 2) + tl.arange(0, T // 2)
+    return tl.load(ptr.to(tl.pointer_type(tl.int32)) + (b * N * L + n[:, None] * L) // 2 + k[None, :],
+                   mask=n_ok[:, None] & (k < L // 2)[None, :], other=0)
+
+
+@triton.jit
+def _unpack_pairs(pairs, N_PAD: tl.constexpr, T: tl.constexpr):
+    """The (n, T) fp32 tile of a tile of bf16 pairs. A bf16's fp32 value is its bits shifted up 16, so
+    each value costs one shift or mask (Triton's own conversion takes two instructions a value)."""
+    low = (pairs << 16).to(tl.float32, bitcast=True)
+    high = (pairs & -65536).to(tl.float32, bitcast=True)
+    return tl.reshape(tl.join(low, high), [N_PAD, T])
+
+
+@triton.jit
+def _sequence_tiles(B_ptr, C_ptr, b, c, L, N, n, n_ok, T: tl.constexpr, PAIRS: tl.constexpr):
+    """Chunk c's B and C tiles for ``_scan_sequential``: bf16 pairs (``PAIRS``), else (n, T) in fp32."""
+    if PAIRS:
+        B_tile = _bf16_pairs(B_ptr, b, c, L, N, n, n_ok, T)
+        C_tile = _bf16_pairs(C_ptr, b, c, L, N, n, n_ok, T)
+    else:
+        t = c * T + tl.arange(0, T)
+        offsets = b * N * L + n[:, None] * L + t[None, :]
+        tile_ok = n_ok[:, None] & (t < L)[None, :]
+        B_tile = tl.load(B_ptr + offsets, mask=tile_ok, other=0.0).to(tl.float32)
+        C_tile = tl.load(C_ptr + offsets, mask=tile_ok, other=0.0).to(tl.float32)
+    return B_tile, C_tile
+
+
+@triton.jit
+def _sequence_rows(delta_ptr, u_ptr, z_ptr, row, c, L, d_ok, T: tl.constexpr, HAS_Z: tl.constexpr):
+    """Chunk c of one channel's rows in fp32 (T,): raw delta, u and the gate silu(z) (raw delta
+    again without z). The gate is computed here, as the rows load: in the scan's loop, Triton would
+    compute it in the tile's layout, for each time 4 times over."""
+    t = c * T + tl.arange(0, T)
+    mask = (t < L) & d_ok
+    raw = tl.load(delta_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
+        gate = z * tl.sigmoid(z)
+    else:
+        gate = raw
+    return raw, u, gate
+
+
+@triton.jit
+def _sequence_channel(A_ptr, bias_ptr, D_ptr, d, d_ok, N, n, n_ok, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """One channel's constants: A log2(e) (n,), delta's bias and D."""
+    A2 = tl.load(A_ptr + d * N + n, mask=n_ok & d_ok, other=0.0).to(tl.float32) * LOG2E
+    bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
+    D = tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) if HAS_D else 0.0
+    return A2, bias, D
+
+
+@triton.jit
+def _sequence_chunk(raw, u, gate, A2, bias, D, B_tile, C_tile, h, y_ptr, pre_ptr, incoming_ptr, dt_sum_ptr,
+                    b, d, d_ok, c, n_ch, L, N, n_chunks, n, n_ok, T: tl.constexpr, SAVE_PRE: tl.constexpr,
+                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Chunk c of channel d from its incoming state h (n,): writes y (and y before the gate), the
+    incoming state and the delta sum (for the backward); returns the state after the chunk."""
+    ch = b * n_ch + d
+    row = ch.to(tl.int64) * L
+    t = c * T + tl.arange(0, T)
+    mask = (t < L) & d_ok
+    dt = _delta(raw, bias, mask, HAS_BIAS, SOFTPLUS)
+    tl.store(incoming_ptr + (ch * N + n) * n_chunks + c, h, mask=n_ok & d_ok)
+    tl.store(dt_sum_ptr + ch * n_chunks + c, tl.sum(dt, axis=0), mask=d_ok)
+    a = tl.exp2(dt[None, :] * A2[:, None])
+    h_all = tl.associative_scan((a, _with_incoming((dt * u)[None, :] * B_tile, a, h, T)), 1, _combine)[1]
+    y = tl.sum(C_tile * h_all, axis=0)
+    if HAS_D:
+        y += D * u
+    if HAS_Z:
+        if SAVE_PRE:
+            tl.store(pre_ptr + row + t, y.to(pre_ptr.dtype.element_ty), mask=mask)
+        y = y * gate
+    tl.store(y_ptr + row + t, y.to(y_ptr.dtype.element_ty), mask=mask)
+    return tl.sum(tl.where((tl.arange(0, T) == T - 1)[None, :], h_all, 0.0), axis=1)
+
+
+@triton.jit
+def _scan_sequential(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, pre_ptr,
+                     init_ptr, incoming_ptr, dt_sum_ptr, final_ptr, n_ch, L_UNITS, N, n_chunks,
+                     L_ALIGN: tl.constexpr, T: tl.constexpr, N_PAD: tl.constexpr, SAVE_PRE: tl.constexpr,
+                     HAS_INIT: tl.constexpr, PAIRS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """The whole forward for two channels (d, e) of one batch row: their chunks in time order, each
+    scanned from the state the one before left (in registers), the two sharing each chunk's B and C
+    tiles. Writes what ``_forward`` returns. Rows and tiles load one chunk ahead of their use."""
+    b, d = tl.program_id(0), 2 * tl.program_id(1)
+    e = d + 1
+    L = L_UNITS * L_ALIGN
+    n = tl.arange(0, N_PAD)
+    n_ok = n < N
+    d_ok, e_ok = d < n_ch, e < n_ch
+    d_row, e_row = (b * n_ch + d).to(tl.int64) * L, (b * n_ch + e).to(tl.int64) * L
+    if HAS_INIT:
+        h_d = tl.load(init_ptr + (b * n_ch + d) * N + n, mask=n_ok & d_ok, other=0.0)
+        h_e = tl.load(init_ptr + (b * n_ch + e) * N + n, mask=n_ok & e_ok, other=0.0)
+    else:
+        h_d = tl.zeros([N_PAD], dtype=tl.float32)
+        h_e = h_d
+    d_consts = _sequence_channel(A_ptr, bias_ptr, D_ptr, d, d_ok, N, n, n_ok, HAS_BIAS, HAS_D)
+    e_consts = _sequence_channel(A_ptr, bias_ptr, D_ptr, e, e_ok, N, n, n_ok, HAS_BIAS, HAS_D)
+    rows = (delta_ptr, u_ptr, z_ptr)
+    outputs = (y_ptr, pre_ptr, incoming_ptr, dt_sum_ptr)
+    flags = (SAVE_PRE, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS)
+    B_next, C_next = _sequence_tiles(B_ptr, C_ptr, b, 0, L, N, n, n_ok, T, PAIRS)
+    d_next = _sequence_rows(*rows, d_row, 0, L, d_ok, T, HAS_Z)
+    e_next = _sequence_rows(*rows, e_row, 0, L, e_ok, T, HAS_Z)
+    for c in range(n_chunks):
+        B_tile, C_tile, d_in, e_in = B_next, C_next, d_next, e_next
+        B_next, C_next = _sequence_tiles(B_ptr, C_ptr, b, c + 1, L, N, n, n_ok, T, PAIRS)
+        d_next = _sequence_rows(*rows, d_row, c + 1, L, d_ok, T, HAS_Z)
+        e_next = _sequence_rows(*rows, e_row, c + 1, L, e_ok, T, HAS_Z)
+        if PAIRS:
+            B_tile, C_tile = _unpack_pairs(B_tile, N_PAD, T), _unpack_pairs(C_tile, N_PAD, T)
+        h_d = _sequence_chunk(*d_in, *d_consts, B_tile, C_tile, h_d, *outputs, b, d, d_ok, c, n_ch, L, N, n_chunks,
+                              n, n_ok, T, *flags)
+        h_e = _sequence_chunk(*e_in, *e_consts, B_tile, C_tile, h_e, *outputs, b, e, e_ok, c, n_ch, L, N, n_chunks,
+                              n, n_ok, T, *flags)
+    tl.store(final_ptr + (b * n_ch + d) * N + n, h_d, mask=n_ok & d_ok)
+    tl.store(final_ptr + (b * n_ch + e) * N + n, h_e, mask=n_ok & e_ok)
 
 
 @triton.jit
@@ -351,20 +491,28 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_
     (u, delta, A, B, C, D, z, bias), m = _prepare(u, delta, A, B, C, D, z, delta_bias)
     A = A.float()
     f32 = dict(device=u.device, dtype=torch.float32)
-    end_state = torch.empty(m["batch"], m["n_ch"], m["N"], m["n_chunks"], **f32)
     dt_sum = torch.empty(m["batch"], m["n_ch"], m["n_chunks"], **f32)
-    incoming = torch.empty_like(end_state)
+    incoming = torch.empty(m["batch"], m["n_ch"], m["N"], m["n_chunks"], **f32)
     final = torch.empty(m["batch"], m["n_ch"], m["N"], **f32)
     y = torch.empty_like(u)
     save_pre = save_pre and z is not None
     pre = torch.empty_like(u) if save_pre else u.new_empty(0)
-    grid = (m["n_chunks"], m["batch"], triton.cdiv(m["n_ch"], BLOCK_D))
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u)
     sizes = (m["n_ch"], m["L_UNITS"], m["N"], m["n_chunks"])
+    init = initial_state.float().contiguous() if initial_state is not None else final
+    if m["N_PAD"] <= SEQUENTIAL_MAX_STATES:
+        pairs = (B.dtype == C.dtype == torch.bfloat16 and m["L"] % 2 == 0
+                 and B.data_ptr() % 4 == 0 and C.data_ptr() % 4 == 0)
+        _scan_sequential[(m["batch"], triton.cdiv(m["n_ch"], 2))](
+            *args, y, pre if save_pre else y, init, incoming, dt_sum, final, *sizes, L_ALIGN=m["L_ALIGN"], T=m["T"],
+            N_PAD=m["N_PAD"], SAVE_PRE=save_pre, HAS_INIT=initial_state is not None, PAIRS=pairs, num_warps=1,
+            **flags)
+        return y, final, incoming, dt_sum, pre
+    end_state = torch.empty_like(incoming)
+    grid = (m["n_chunks"], m["batch"], triton.cdiv(m["n_ch"], BLOCK_D))
     common = dict(_tiles(m, backward=False), **flags)
     _scan_chunks[grid](*args, y, y, end_state, dt_sum, incoming, *sizes, OUTPUT=False, SAVE_PRE=False, **common)
-    init = initial_state.float().contiguous() if initial_state is not None else final
     _pass_chunks[(m["batch"], m["n_ch"])](A, end_state, dt_sum, incoming, init, final, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=False,
                                           HAS_INIT=initial_state is not None, K=PASS_CHUNKS)

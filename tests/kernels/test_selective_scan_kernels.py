@@ -178,8 +178,9 @@ def test_the_custom_operator_and_the_eager_function_give_the_same_gradients():
 
 
 @pytest.mark.parametrize("n", [16, 64])
-def test_bf16_inputs_match_the_reference_within_1e_2(n):
-    inputs = make_inputs(1, 6, n, 45, torch.bfloat16, True, True, True)
+@pytest.mark.parametrize("length", [44, 45])  # even: the sequential forward reads B and C as bf16 pairs
+def test_bf16_inputs_match_the_reference_within_1e_2(n, length):
+    inputs = make_inputs(1, 5, n, length, torch.bfloat16, True, True, True)
     leaves = {k: v.clone().requires_grad_() for k in ("u", "delta", "B", "C", "z") for v in [inputs[k]]}
     ref = {k: v.detach().float().requires_grad_() for k, v in leaves.items()}
     y = kernels.selective_scan(**{**inputs, **leaves}, delta_softplus=True)
