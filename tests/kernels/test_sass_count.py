@@ -13,17 +13,22 @@ pytest.importorskip("triton")
 
 
 def test_each_pass_has_a_loop_and_the_bound_doubles_with_the_batch():
+    """16 states: the sequential forward and the two backward passes; 64 states: the forward's
+    two chunk passes too."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # it compiles, never runs
     out = subprocess.run([sys.executable, "kernels/sass_count.py", "--shape", "16", "128", "16000", "16",
-                          "--shape", "32", "128", "16000", "16"], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=600)
+                          "--shape", "32", "128", "16000", "16", "--shape", "16", "128", "4000", "64"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    rows = re.findall(r"^\| (forward|backward)[^|]*\| (\d) \| (\d+) \| (\d+) \| (\d+) \((\d+)\) \|.*\| ([\d.]+) \|$",
+    rows = re.findall(r"^\| ((?:forward|backward)[^|]*) \| (\d) \| (\d+) \| (\d+) \| (\d+) \((\d+)\) \|.*\| ([\d.]+) \|$",
                       out.stdout, flags=re.M)
-    assert len(rows) == 8, out.stdout  # four passes for each shape
+    names = [r[0] for r in rows]
+    backward = ["backward: adjoint handed back", "backward: gradients"]
+    assert names == 2 * (["forward: sequential, 2 channels"] + backward) + [
+        "forward: chunk end states", "forward: output"] + backward, out.stdout
     for _, warps, registers, _, loop, spills, _ in rows:
         assert 1 <= int(warps) and 0 < int(registers) <= 255 and int(loop) > 50 and int(spills) < int(loop)
-    small, large = (float(r[-1]) for r in rows[:4]), (float(r[-1]) for r in rows[4:])
+    small, large = (float(r[-1]) for r in rows[:3]), (float(r[-1]) for r in rows[3:6])
     for a, b in zip(small, large):  # the same code, twice the (chunk, channel) iterations
         assert a > 0.05 and b == pytest.approx(2 * a, rel=0.01)
 
