@@ -7,7 +7,7 @@ Same contract as ``audiomamba.ops.selective_scan.selective_scan_ref`` (the test 
 Layout: u, delta, z (batch, d, L); A (d, n); B, C (batch, n, L). The time axis is cut into chunks
 of T samples. Within a chunk, time is parallel: ``tl.associative_scan`` combines the pairs (a, b)
 of h = a h + b as (a1 a2, a2 b1 + b2), and the incoming state enters as part of the first
-sample's input (``_with_incoming``).
+sample's input (``_chunk_states``).
 
 The forward, up to 16 states (``_scan_sequential``): one program takes two channels of one batch
 row and runs their chunks in time order, each from the state the chunk before left in registers,
@@ -100,13 +100,14 @@ def _delta(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _with_incoming(drive, a, h0, T: tl.constexpr):
-    """The scan's input (n, T) with the incoming state h0 (n,) folded into its first sample, so
-    that a scan from zero gives the true states: h[0] = a[0] h0 + drive[0]. (Adding a_cum * h0
-    after the scan would cost a multiply for the scan's products and an FMA per element; the
-    select here is constant for every column but the first.)"""
+def _chunk_states(a, drive, h0, T: tl.constexpr):
+    """A chunk's states h (n, T) from its decays a and drives (n, T) and its incoming state h0 (n,):
+    h[t] = a[t] h[t-1] + drive[t]. h0 is folded into the first sample's drive, so that a scan from
+    zero gives the true states: h[0] = a[0] h0 + drive[0]. (Adding a_cum * h0 after the scan would
+    cost a multiply for the scan's products and an FMA per element; the select here is constant
+    for every column but the first.)"""
     first = (tl.arange(0, T) == 0)[None, :]
-    return tl.where(first, drive + a * h0[:, None], drive)
+    return tl.associative_scan((a, tl.where(first, drive + a * h0[:, None], drive)), 1, _combine)[1]
 
 
 @triton.jit
@@ -182,7 +183,7 @@ def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
         if OUTPUT:
             a = tl.exp2(dt[None, :] * A2[:, None])
-            h = tl.associative_scan((a, _with_incoming(drive, a, h0, T)), 1, _combine)[1]
+            h = _chunk_states(a, drive, h0, T)
             y = tl.sum(C_tile * h, axis=0)
             if HAS_D:
                 y += tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) * u
@@ -270,7 +271,7 @@ def _sequence_chunk(raw, u, gate, A2, bias, D, B_tile, C_tile, h, y_ptr, pre_ptr
     tl.store(incoming_ptr + (ch * N + n) * n_chunks + c, h, mask=n_ok & d_ok)
     tl.store(dt_sum_ptr + ch * n_chunks + c, tl.sum(dt, axis=0), mask=d_ok)
     a = tl.exp2(dt[None, :] * A2[:, None])
-    h_all = tl.associative_scan((a, _with_incoming((dt * u)[None, :] * B_tile, a, h, T)), 1, _combine)[1]
+    h_all = _chunk_states(a, (dt * u)[None, :] * B_tile, h, T)
     y = tl.sum(C_tile * h_all, axis=0)
     if HAS_D:
         y += D * u
@@ -409,7 +410,7 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             # Forward states of this chunk, recomputed from its incoming state.
             a = tl.exp2(dt[None, :] * A2[:, None])
             drive = (dt * u)[None, :] * B_tile
-            h = tl.associative_scan((a, _with_incoming(drive, a, h0, T)), 1, _combine)[1]
+            h = _chunk_states(a, drive, h0, T)
             # Adjoint: lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1], and at the chunk's last sample
             # (where a[t+1] is 1) plus the adjoint carried in from later chunks. That is a forward
             # scan over the chunk backwards in time. Position j holds time T - 1 - j, whose decay
