@@ -161,7 +161,8 @@ def main() -> None:
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         total = {False: 0.0, True: 0.0}
         sequential = m["N_PAD"] <= ss.SEQUENTIAL_MAX_STATES  # the forward that ss._forward runs
-        for name, kernel, switches, backward in ([SEQUENTIAL] + PASSES[2:]) if sequential else PASSES:
+        passes = [SEQUENTIAL] + [p for p in PASSES if p[3]] if sequential else PASSES
+        for name, kernel, switches, backward in passes:
             if kernel is ss._scan_sequential:  # one loop iteration: one chunk of 2 channels, bf16 B and C as pairs
                 tiles = dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=m["N_PAD"], PAIRS=L % 2 == 0, num_warps=1)
                 channels, programs = 2, batch * -(-n_ch // 2)
