@@ -54,7 +54,7 @@ import triton.language as tl
 from audiomamba_kernels.eager_function import for_caller, plain_function
 from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
 
-BLOCK_D = 16  # channels per program (their B, C tiles are loaded once)
+BLOCK_D = 64  # channels per chunk program at most (their B, C tiles are loaded once; see _tiles)
 MAX_CHUNK = 64  # samples per chunk at most (tests lower both to exercise many chunks cheaply)
 TILE = 2048  # elements of an (n, T) tile: the chunk length is TILE / n, within [16, MAX_CHUNK]
 NUM_WARPS = 1  # warps per program of the chunk kernels (kernels/tune.py on H100: 1 warp, 64-sample chunks)
@@ -475,14 +475,19 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
 
 def _tiles(m, backward: bool):
     """The chunk kernels' tile settings, from the module defaults (which tests and kernels/tune.py
-    change). A backward program takes N_PAD of the states, GROUPS programs all of them: BACKWARD_TILE
-    elements at most, since larger tiles spill (H200, outer stage fwd+bwd: n = 32 in one program 10.1
-    ms, in two 7.0; n = 64 in one program with 2 warps 22.0 ms, in two 13.6)."""
+    change). A program runs BLOCK = min(BLOCK_D, channels) channels, one after another, reusing its
+    B and C tiles. More channels a program also means fewer partial sums of gB and gC to write and
+    add up: on the H200, 64 against 16 cut fwd+bwd by 1.8-3.1% at every 16-state shape and a
+    sc09_mamba training step by 1.5% (BENCHMARKS.md, session 31). A backward program takes N_PAD of
+    the states, GROUPS programs all of them: BACKWARD_TILE elements at most, since larger tiles
+    spill (H200, outer stage fwd+bwd: n = 32 in one program 10.1 ms, in two 7.0; n = 64 in one
+    program with 2 warps 22.0 ms, in two 13.6)."""
+    block = min(BLOCK_D, m["n_ch"])
     if not backward:
-        return dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=m["N_PAD"], BLOCK=BLOCK_D, STAGES=LOOP_STAGES,
+        return dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=m["N_PAD"], BLOCK=block, STAGES=LOOP_STAGES,
                     UNROLL=LOOP_UNROLL, num_warps=NUM_WARPS)
     group = max(1, min(m["N_PAD"], BACKWARD_TILE // m["T"]))
-    return dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=group, GROUPS=m["N_PAD"] // group, BLOCK=BLOCK_D,
+    return dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=group, GROUPS=m["N_PAD"] // group, BLOCK=block,
                 STAGES=LOOP_STAGES, UNROLL=LOOP_UNROLL, num_warps=NUM_WARPS)
 
 
@@ -511,8 +516,8 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_
             **flags)
         return y, final, incoming, dt_sum, pre
     end_state = torch.empty_like(incoming)
-    grid = (m["n_chunks"], m["batch"], triton.cdiv(m["n_ch"], BLOCK_D))
     common = dict(_tiles(m, backward=False), **flags)
+    grid = (m["n_chunks"], m["batch"], triton.cdiv(m["n_ch"], common["BLOCK"]))
     _scan_chunks[grid](*args, y, y, end_state, dt_sum, incoming, *sizes, OUTPUT=False, SAVE_PRE=False, **common)
     _pass_chunks[(m["batch"], m["n_ch"])](A, end_state, dt_sum, incoming, init, final, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=False,
@@ -532,7 +537,7 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     carry_in = torch.empty_like(incoming)
     g_init = torch.empty(m["batch"], m["n_ch"], m["N"], **f32)
     tiles = _tiles(m, backward=True)
-    groups, blocks = tiles["GROUPS"], triton.cdiv(m["n_ch"], BLOCK_D)
+    groups, blocks = tiles["GROUPS"], triton.cdiv(m["n_ch"], tiles["BLOCK"])
     # Partial sums, added up below (no atomics); every element is written. With one group, gu and
     # gdelta are written in the inputs' dtypes; with several, as fp32 partials. gz is written once.
     def per_group(x):

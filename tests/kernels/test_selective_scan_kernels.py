@@ -55,10 +55,11 @@ def make_inputs(batch, d, n, length, dtype, with_z, with_d, with_bias):
 # of the block, N in {16, 64} and a state padded to a power of two (12: the kernels rely on padded
 # states and times reading as zeros), lengths whose largest power-of-two factor is 1, 4 or 8 (the
 # kernels compile for it); on the GPU, with the default tiles, up to 141 chunks (five tiles of the
-# pass across chunks, the last one partial) and n = 64 split over two backward programs.
+# pass across chunks, the last one partial), n = 64 split over two backward programs, and 80
+# channels: a full channel block of 64 and a partial one.
 SHAPES = [(2, 3, 4, 1), (2, 5, 16, 37), (1, 3, 12, 21), (1, 3, 64, 40)]  # the interpreter's n = 64: one channel block
 if torch.cuda.is_available():
-    SHAPES += [(1, 17, 16, 1000), (2, 40, 64, 300), (2, 128, 16, 4001), (1, 8, 16, 9000)]
+    SHAPES += [(1, 17, 16, 1000), (2, 40, 64, 300), (2, 80, 16, 500), (2, 128, 16, 4001), (1, 8, 16, 9000)]
 
 
 @pytest.mark.parametrize("batch, d, n, length", SHAPES)
