@@ -90,7 +90,8 @@ class S4DBlock(nn.Module):
         dA, out_weight = cached_for_steps(self, self._step_matrices)
         fused_norm = (norm.weight, norm.bias, norm.eps) if norm is not None else (None, None, 0.0)
         y = s4d_step(state, u, dA, out_weight, *fused_norm)
-        return residual_linear(None if norm is None else u, y.to(u.dtype), self.out_proj.weight,
+        y = y if y.dtype == u.dtype else y.to(u.dtype)  # a call saved: a batch-1 CPU step is overhead-bound
+        return residual_linear(None if norm is None else u, y, self.out_proj.weight,
                                bias=self.out_proj.bias, activation="glu"), state
 
     def _step_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
