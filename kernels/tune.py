@@ -1,7 +1,7 @@
 """Sweep the scan kernels' tile settings on one shape, to choose the module defaults.
 
     PYTHONPATH=.:kernels python kernels/tune.py [--shape 16 128 16000] [--n-state 16] [--chunks 64]
-        [--blocks 16 32] [--warps 1] [--backward-tiles 1024 2048] [--stages 1 2 3]
+        [--blocks 16 64] [--warps 1] [--backward-tiles 1024 2048] [--stages 1 2 3]
         [--unroll 1 2 4]
 
 Prints forward and forward+backward median times for one shape (batch, channels, length; by
@@ -43,13 +43,14 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=[16, 128, 16000],
                         metavar=("BATCH", "CHANNELS", "LENGTH"))
     parser.add_argument("--n-state", type=int, default=16)
-    parser.add_argument("--chunks", type=int, nargs="+", default=[64])
-    parser.add_argument("--blocks", type=int, nargs="+", default=[16])
-    parser.add_argument("--warps", type=int, nargs="+", default=[1])
+    parser.add_argument("--chunks", type=int, nargs="+", help="chunk lengths (default: the module's for --n-state)")
+    parser.add_argument("--blocks", type=int, nargs="+", default=[kernels.BLOCK_D])
+    parser.add_argument("--warps", type=int, nargs="+", default=[kernels.NUM_WARPS])
     parser.add_argument("--backward-tiles", type=int, nargs="+", default=[kernels.BACKWARD_TILE])
     parser.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--unroll", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
+    args.chunks = args.chunks or [kernels._chunk_len(args.n_state)]
     # The forward's recorded kernel is the output pass, or up to SEQUENTIAL_MAX_STATES states the
     # sequential forward, which takes none of these settings but the chunk length.
     sequential = args.n_state <= kernels.SEQUENTIAL_MAX_STATES
