@@ -95,7 +95,7 @@ def test_its_steps_match_the_block_by_block_reference(batch, buffers):
 
 
 @on_hopper
-@pytest.mark.parametrize("batch, k_down, k_up", [(1, 2, 2), (5, 3, 1)])
+@pytest.mark.parametrize("batch, k_down, k_up", [(1, 2, 2), (5, 3, 1), (200, 2, 2)])  # 200: one buffer
 def test_a_level_through_its_skip_connection_takes_it_and_matches_the_reference(batch, k_down, k_up, monkeypatch):
     stage = random_stage(SHAPE["H"], SHAPE["N"], k_down + k_up, bf16_values=True)
     weights, reference_weights = kernel_weights(stage, "bf16"), kernel_weights(stage, "fp32")
