@@ -23,7 +23,7 @@ def s4d_step_ref(state: torch.Tensor, u: torch.Tensor, dA: torch.Tensor, out_wei
     complex64; norm_weight, norm_bias: (H,) for a LayerNorm first, or None. Returns y (batch, H) fp32."""
     if norm_weight is not None:
         u = torch.layer_norm(u, u.shape[-1:], norm_weight, norm_bias, norm_eps)
-    state.mul_(dA).add_(u.unsqueeze(-1))  # a real u of any dtype adds into complex64 as its .float() would
+    state.mul_(dA).add_(u.unsqueeze(-1))  # fp32, bf16 or fp16 values are exact in complex64: no .float()
     return F.gelu((out_weight * state).sum(-1).real)  # few ops: a CPU step is overhead-bound
 
 
