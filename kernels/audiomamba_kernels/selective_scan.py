@@ -477,8 +477,8 @@ def _tiles(m, backward: bool):
     """The chunk kernels' tile settings, from the module defaults (which tests and kernels/tune.py
     change). A program runs BLOCK = min(BLOCK_D, channels) channels, one after another, reusing its
     B and C tiles. More channels a program also means fewer partial sums of gB and gC to write and
-    add up: on the H200, 64 against 16 cut fwd+bwd by 1.8-3.1% at every 16-state shape and a
-    sc09_mamba training step by 1.5% (BENCHMARKS.md, session 31). A backward program takes N_PAD of
+    add up: on the H200, 64 against 16 cut fwd+bwd by 1.8-3.1% at the outer, middle and LM-like
+    shapes of kernels/bench.py and a sc09_mamba training step by 1.5% (BENCHMARKS.md, session 31). A backward program takes N_PAD of
     the states, GROUPS programs all of them: BACKWARD_TILE elements at most, since larger tiles
     spill (H200, outer stage fwd+bwd: n = 32 in one program 10.1 ms, in two 7.0; n = 64 in one
     program with 2 warps 22.0 ms, in two 13.6)."""
