@@ -8,8 +8,8 @@ Prints forward and forward+backward median times for one shape (batch, channels,
 default the audio outer stage, B=16, D=128, L=16000), bf16, one row per setting (chunk length,
 channels per program, warps of every chunk kernel, (states, time) elements per backward program,
 pipelining stages and unroll factor of the loop over a program's channels), with the registers
-per thread and the bytes spilled of the forward "output" pass (up to 16 states, the sequential forward)
-and the backward "gradients" pass.
+per thread and the local memory spilled to (in 4-byte words, as Triton reports it) of the forward
+"output" pass (up to 16 states, the sequential forward) and the backward "gradients" pass.
 """
 import argparse
 import itertools
