@@ -5,7 +5,8 @@ with fp32 projections, and with projections that hold bf16 values (as loaded fro
 checkpoint), which the stage reads in bf16 (``narrow_projections``). At small batches, also the
 fused kernel with each row's channels split over several programs (with the projections the
 model reads at that width, ``bf16_projections_pay``, and the warps ``ROW_SPLITS`` gives); and
-where it fits (width 64, the batches of ``buffers_for``, a Hopper GPU), the Gluon kernel with bf16 projections.
+where it fits (widths 64 and 128, the batches of ``buffers_for``, a Hopper GPU), the Gluon kernel with bf16
+projections.
 
     PYTHONPATH=.:kernels python kernels/bench_stack.py
 
@@ -74,7 +75,7 @@ def main() -> None:
             if fused_step_pays(rows, 2 * width):
                 programs = programs_per_row(rows, 2 * width)
                 used = f"fused, {programs} program{'s' if programs > 1 else ''} a row"
-                if programs == 1 and gluon is not None:
+                if gluon is not None:
                     used = "Gluon (bf16 projections)"
             print(f"| {width} | {batch} | {three32:.2f} / {three16:.2f} | {fused32:.2f} / {fused16:.2f} | "
                   f"{' / '.join('-' if t is None else f'{t:.2f}' for t in split)} | "

@@ -22,9 +22,11 @@ so one program a row pays for narrow stages and moderate batches only; ``fused_s
 where, from the measurements in BENCHMARKS.md (H100, "Generation, session 10"; H200, sessions
 22 and 23 for split rows).
 
-On Hopper GPUs, the d_model-64 outer stage with bf16 projections goes to a Gluon kernel at
-batches up to one row an SM and from 1.5 to 2 (``gluon_fits``, ``mamba_stack_gluon``). It holds one
-inner channel a thread and copies each block's weights into shared memory.
+On Hopper GPUs, the outer and middle stages of d_model-64 recipes with bf16 projections go to a
+Gluon kernel where it is faster (``gluon_fits``, ``mamba_stack_gluon``): the outer stage at batches
+up to one row an SM and from 1.5 to 2, the middle one up to 48 rows, each row in a cluster of 8
+CTAs. It holds one inner channel a thread (or two) and copies each block's weights into shared
+memory.
 
 A split row. At batch 1 a row's program is one SM streaming every weight of every block, and
 its time is latency. Where it pays (``programs_per_row``), SPLIT programs share a row, each
@@ -383,10 +385,11 @@ def level_arguments(u, out, conv_state, ssm_state, skip):
 
 
 def gluon_fits(u, weights, conv_state, ssm_state) -> bool:
-    """Whether ``mamba_stack_gluon`` (the outer stage's shape on Hopper GPUs, one thread per inner
-    channel) takes this step: on CUDA outside the interpreter, unless ``AUDIOMAMBA_GLUON=0`` (for
-    comparisons), where it imports and its ``fits`` says so. Measured (BENCHMARKS.md, "Generation,
-    session 25"): 2.53 us a block at batch 1 against this kernel's 2.81, 2.63 against 3.05 at batch 128."""
+    """Whether ``mamba_stack_gluon`` (the outer and middle stages' shapes on Hopper GPUs) takes this
+    step: on CUDA outside the interpreter, unless ``AUDIOMAMBA_GLUON=0`` (for comparisons), where it
+    imports and its ``fits`` says so. Measured (BENCHMARKS.md, "Generation, sessions 27 and 32"): at
+    width 64, 2.20 us a block at batch 1 against this kernel's 2.81; at width 128, 3.0 against 5.0
+    for this kernel's split rows."""
     if not u.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1" or os.environ.get("AUDIOMAMBA_GLUON") == "0":
         return False
     gluon = gluon_kernel()
@@ -407,8 +410,8 @@ def gluon_kernel():
 def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None, split=None):
     """All the blocks' step in one launch; arguments and result as ``mamba_stack_step_ref``, its
     ``skip`` included (then the states given are the down stage's, and ``skip`` holds the up
-    stage's). ``split``: programs per batch row (default ``programs_per_row``, or the Gluon kernel
-    where ``gluon_fits``; an explicit 1 keeps this kernel)."""
+    stage's). ``split``: programs per batch row (default: the Gluon kernel where ``gluon_fits``, else
+    ``programs_per_row``; an explicit split, 1 included, keeps this kernel)."""
     states = [("conv", conv_state), ("SSM", ssm_state)]
     if skip is not None:
         states += [("conv", skip.conv_state), ("SSM", skip.ssm_state)]
@@ -418,13 +421,12 @@ def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None, split=None):
     w = weights
     K, batch, E, width = w.in_proj.shape[0], *conv_state.shape[1:]
     H, N, R = u.shape[1], ssm_state.shape[3], w.dt_proj.shape[2]
-    choose_split = split is None
-    split = programs_per_row(u, E) if choose_split else split
+    if split is None and gluon_fits(u, w, conv_state, ssm_state):
+        return gluon_kernel().stage_step(u, w, conv_state, ssm_state, skip)
+    split = programs_per_row(u, E) if split is None else split
     if split > 1 and not (u.is_cuda and split_fits(batch, E, split)):
         raise ValueError(f"{split} programs a row need CUDA, a power of two dividing the {E} inner channels, and "
                          f"at most {SPLIT_ROWS} programs in all (batch {batch})")
-    if split == 1 and choose_split and gluon_fits(u, w, conv_state, ssm_state):
-        return gluon_kernel().stage_step(u, w, conv_state, ssm_state, skip)
     u = u.contiguous()
     out = torch.empty_like(u)
     skip_at, after_conv, after_ssm, skip_out, skip_in = level_arguments(u, out, conv_state, ssm_state, skip)
