@@ -115,11 +115,6 @@ def _cluster(rank, C):
 
 
 @gluon.constexpr_function
-def _power_of_2(x):
-    return triton.next_power_of_2(x)
-
-
-@gluon.constexpr_function
 def _blocked(size_per_thread, threads, warps, C):
     """A blocked layout, dimensions in row-major order, held whole by every CTA of the cluster."""
     rank = len(size_per_thread)
@@ -201,7 +196,8 @@ def _store(ptr, value, C: gl.constexpr, mask=None):
                                   dtype=gl.int32, is_pure=False, pack=1)
     else:
         gl.inline_asm_elementwise("{ .reg .pred p; setp.ne.s32 p, $3, 0; @p st.global.f32 [$1], $2; } // $0",
-                                  "=r,l,f,r", [ptr.to(gl.int64), value, mask.to(gl.int32)], dtype=gl.int32, is_pure=False, pack=1)
+                                  "=r,l,f,r", [ptr.to(gl.int64), value, mask.to(gl.int32)], dtype=gl.int32,
+                                  is_pure=False, pack=1)
 
 
 @gluon.jit
@@ -293,14 +289,17 @@ def _prefetch(k, slot, b, e0, batch, skip_at, weights, states, bufs, H: gl.const
     _copy_vector(dtb_s.index(slot), dt_b + k * E + e0, EC, 1, NW, C)
     _copy_vector(nw_s.index(slot), norm_w + k * H, H, 1, NW, C)
     _copy_vector(nb_s.index(slot), norm_b + k * H, H, 1, NW, C)
-    _copy(out_s.index(slot), out_w + k * H * E + e0, H, Y_PARTS, EC // Y_PARTS, E, 8, NW, C)  # out_proj's rows, in parts
+    # out_proj's rows, in parts
+    _copy(out_s.index(slot), out_w + k * H * E + e0, H, Y_PARTS, EC // Y_PARTS, E, 8, NW, C)
     cp.commit_group()
 
 
 @gluon.jit
 def _share(sums, shares, COUNT: gl.constexpr, NW: gl.constexpr, C: gl.constexpr):
     """Store this CTA's COUNT partial sums (shared memory) in its slot of ``shares`` (C, COUNT), in
-    global memory, for the cluster's other CTAs (after ``_cluster_barrier``)."""
+    global memory, for the cluster's other CTAs (after ``_cluster_barrier``). One set of slots
+    serves every block: each CTA reads an exchange's slots before it arrives at the next barrier,
+    and no CTA stores into them again until it has passed that barrier."""
     L: gl.constexpr = _blocked([1], [32], [NW], C)
     i = gl.arange(0, COUNT, layout=L)
     _store(shares + _cta_rank(C) * COUNT + i, sums.load(L), C)
@@ -368,10 +367,10 @@ def _stage_step(u_ptr, out_ptr, norm_w_ptr, norm_b_ptr, in_w_ptr, conv_w_ptr, co
     x_all = gl.allocate_shared_memory(gl.float32, [EC], VEC)
     x_by_part = gl.allocate_shared_memory(gl.float32, [X_PARTS, EC // X_PARTS], _buffers(EC // X_PARTS, 4, C))
     y_by_part = gl.allocate_shared_memory(gl.float32, [Y_PARTS, EC // Y_PARTS], _buffers(EC // Y_PARTS, 4, C))
-    bc_sum = gl.allocate_shared_memory(gl.float32, [2 * N], VEC)  # x_proj's sums: B and C, and dt_low
+    bc_sum = gl.allocate_shared_memory(gl.float32, [2 * N], VEC)  # x_proj's sums: B and C
+    dt_sum = gl.allocate_shared_memory(gl.float32, [R], VEC)  # and dt_low
     b_total = gl.allocate_shared_memory(gl.float32, [N], VEC)  # with a cluster, B's and C's totals
     c_total = gl.allocate_shared_memory(gl.float32, [N], VEC)
-    dt_sum = gl.allocate_shared_memory(gl.float32, [R], VEC)  # and dt_low
     out_sum = gl.allocate_shared_memory(gl.float32, [H], VEC)
     weights = (in_w_ptr, xp_ptr, dtw_ptr, A_ptr, conv_w_ptr, conv_b_ptr, D_ptr, dtb_ptr, norm_w_ptr, norm_b_ptr,
                out_w_ptr)
@@ -481,9 +480,8 @@ def stage_step(u, weights, conv_state, ssm_state, skip=None, buffers=None):
     u = u.contiguous()
     out = torch.empty_like(u)
     skip_at, after_conv, after_ssm, skip_out, skip_in = level_arguments(u, out, conv_state, ssm_state, skip)
-    ctas = plan["ctas"]
-    shares = (torch.empty(batch, ctas, triton.next_power_of_2(2 * N + R) + H, device=u.device, dtype=torch.float32)
-              if ctas > 1 else u)  # unread by one CTA a row
+    ctas = plan["ctas"]  # a cluster's partial sums, x_proj's and out_proj's (unread with one CTA a row):
+    shares = torch.empty(batch, ctas, 2 * N + R + H, device=u.device, dtype=torch.float32) if ctas > 1 else u
     pdl = launch_options(u)
     if buffers is None:
         buffers = buffers_for(batch, _sm_count(u.device.index), H) or 1
@@ -491,9 +489,13 @@ def stage_step(u, weights, conv_state, ssm_state, skip=None, buffers=None):
                           w.dt_proj, w.dt_bias, w.A, w.D, w.out_proj, conv_state, ssm_state, after_conv, after_ssm,
                           skip_at, skip_out, skip_out.stride(0), skip_in, skip_in.stride(0), shares, K, batch,
                           w.norm_eps, H=H, E=E, N=N, R=R, WIDTH=width, X_PARTS=plan["X_PARTS"],
-                          Y_PARTS=plan["Y_PARTS"], BUFFERS=buffers, PDL=bool(pdl), num_warps=E // ctas * plan['threads'] // 32,
-                          num_ctas=ctas, **pdl)
+                          Y_PARTS=plan["Y_PARTS"], BUFFERS=buffers, PDL=bool(pdl), **_launch(plan), **pdl)
     return out
+
+
+def _launch(plan) -> dict:
+    """A row's warps and CTAs (a cluster): E / ctas channels a CTA, ``threads`` threads a channel."""
+    return dict(num_warps=plan["shape"]["E"] // plan["ctas"] * plan["threads"] // 32, num_ctas=plan["ctas"])
 
 
 def compile_for_hopper(buffers: int = 2, width: int = 64):
@@ -516,5 +518,4 @@ def compile_for_hopper(buffers: int = 2, width: int = 64):
     constexprs = {**plan["shape"], "X_PARTS": plan["X_PARTS"], "Y_PARTS": plan["Y_PARTS"], "BUFFERS": buffers,
                   "PDL": True}
     source = GluonASTSource(_stage_step, signature, constexprs, attrs)
-    options = dict(num_warps=plan["shape"]["E"] // plan["ctas"] * plan["threads"] // 32, num_ctas=plan["ctas"])
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=_launch(plan))
