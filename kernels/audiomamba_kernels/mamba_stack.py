@@ -30,8 +30,9 @@ memory.
 
 A split row. At batch 1 a row's program is one SM streaming every weight of every block, and
 its time is latency. Where it pays (``programs_per_row``), SPLIT programs share a row, each
-taking E / SPLIT inner channels: at width 128, and at width 256, where the fused kernel with
-split rows beats the per-block kernels. ``ROW_SPLITS`` gives each split its warps a program
+taking E / SPLIT inner channels: at width 128 where the Gluon kernel's clusters do not run (off
+Hopper, fp32 projections, other shapes), and at width 256, where the fused kernel with split rows
+beats the per-block kernels. ``ROW_SPLITS`` gives each split its warps a program
 (one warp in 32 programs at width 128: every reduction stays within the warp). Each program
 holds the whole stream u, so each computes the LayerNorm itself; the two sums over all
 channels, x_proj's and out_proj's, are exchanged: every program stores its share, arrives at a
