@@ -24,9 +24,9 @@ where, from the measurements in BENCHMARKS.md (H100, "Generation, session 10"; H
 
 On Hopper GPUs, the outer and middle stages of d_model-64 recipes with bf16 projections go to a
 Gluon kernel where it is faster (``gluon_fits``, ``mamba_stack_gluon``): the outer stage at batches
-up to one row an SM and from 1.5 to 2, the middle one up to 48 rows, each row in a cluster of 8
-CTAs. It holds one inner channel a thread (or two) and copies each block's weights into shared
-memory.
+up to one row an SM and from 1.5 to 2, the middle one while its rows' clusters of 8 CTAs take up
+to 3 CTAs an SM. It holds one inner channel a thread (or two) and copies each block's weights into
+shared memory.
 
 A split row. At batch 1 a row's program is one SM streaming every weight of every block, and
 its time is latency. Where it pays (``programs_per_row``), SPLIT programs share a row, each
