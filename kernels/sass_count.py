@@ -35,6 +35,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, str(Path(__file__).parent))
 from audiomamba_kernels import mamba_stack  # noqa: E402
 from audiomamba_kernels import selective_scan as ss  # noqa: E402
+from audiomamba_kernels import selective_scan_gluon as ssg  # noqa: E402
 
 BF16_ARGS = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "gy_ptr", "y_ptr", "pre_ptr", "gu_ptr", "gdelta_ptr",
              "gz_ptr"}
@@ -152,7 +153,7 @@ def main() -> None:
     for batch, n_ch, L, N in args.shape or [(16, 128, 16000, 16), (16, 128, 16000, 64)]:
         meta_tensor = torch.empty(batch, n_ch, L, device="meta")
         _, m = ss._prepare(meta_tensor, meta_tensor, torch.empty(n_ch, N, device="meta"), *[None] * 5)
-        ints = dict(n_ch=n_ch, L_UNITS=m["L_UNITS"], N=N, n_chunks=m["n_chunks"])
+        ints = dict(n_ch=n_ch, L_UNITS=m["L_UNITS"], N=N, n_chunks=m["n_chunks"], n_saved=m["n_chunks"])
         print(f"\nB={batch} D={n_ch} L={L} N={N}: chunks of T={m['T']}, state padded to {m['N_PAD']}, "
               f"{ss._tiles(m, True)['N_PAD']} states per backward program; "
               f"issue bound at {args.sms} SMs x {SCHEDULERS_PER_SM} schedulers x {args.ghz} GHz\n")
@@ -164,7 +165,7 @@ def main() -> None:
         passes = [SEQUENTIAL] + [p for p in PASSES if p[3]] if sequential else PASSES
         for name, kernel, switches, backward in passes:
             if kernel is ss._scan_sequential:  # one loop iteration: one chunk of 2 channels, bf16 B and C as pairs
-                tiles = dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=m["N_PAD"], PAIRS=L % 2 == 0, num_warps=1)
+                tiles = dict(L_ALIGN=m["L_ALIGN"], T=m["T"], SPLIT=1, N_PAD=m["N_PAD"], PAIRS=L % 2 == 0, num_warps=1)
                 channels, programs = 2, batch * -(-n_ch // 2)
             else:
                 tiles = ss._tiles(m, backward)
@@ -183,6 +184,26 @@ def main() -> None:
                   f"{ops['MUFU'] / per_thread:.1f} | {bound_ms:.3f} |")
         print(f"\nthe passes' issue bound: forward {total[False]:.3f} ms, "
               f"forward + backward {total[False] + total[True]:.3f} ms")
+        if N == ssg.N_STATES:
+            print_gluon_gradients(batch, n_ch, L, issue_rate, args.arch)
+
+
+def print_gluon_gradients(batch: int, n_ch: int, L: int, issue_rate: float, arch: int) -> None:
+    """The Gluon gradients pass that replaces the Triton one on Hopper GPUs at 16 states
+    (``selective_scan_gluon``): one loop iteration is one channel pair over one chunk of 32, one warp."""
+    if arch != 90:
+        return
+    block = min(ss.BLOCK_D, n_ch)
+    profile = loop_profile(ssg.compile_for_hopper(block=block).asm["cubin"])
+    ops, count = profile["opcodes"], sum(profile["opcodes"].values())
+    per_thread = 2 * ssg.CHUNK * ssg.N_STATES / 32
+    bound_ms = count * batch * (n_ch // 2) * -(-L // ssg.CHUNK) / issue_rate * 1e3
+    print("\n| pass | warps | registers | stack bytes | loop instructions (spill loads and stores) "
+          "| per element of the tile | FMUL / FFMA / MUFU per element | issue bound, ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| backward: gradients, Gluon, chunks of {ssg.CHUNK} | 1 | {profile['registers']} | {profile['stack']} "
+          f"| {count} ({ops['LDL'] + ops['STL']}) | {count / per_thread:.1f} | {ops['FMUL'] / per_thread:.1f} / "
+          f"{ops['FFMA'] / per_thread:.1f} / {ops['MUFU'] / per_thread:.1f} | {bound_ms:.3f} |")
 
 
 if __name__ == "__main__":

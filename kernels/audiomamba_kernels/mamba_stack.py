@@ -49,14 +49,13 @@ sampling runs one generation at a time, and so does the demo's queue).
 from __future__ import annotations
 
 import functools
-import importlib
 import os
-import sys
 
 import torch
 import triton
 import triton.language as tl
 
+from audiomamba_kernels import gluon_dispatch
 from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
 from audiomamba_kernels.selective_scan import _advance, _softplus
 
@@ -391,21 +390,16 @@ def gluon_fits(u, weights, conv_state, ssm_state) -> bool:
     imports and its ``fits`` says so. Measured (BENCHMARKS.md, "Generation, sessions 27 and 32"): at
     width 64, 2.20 us a block at batch 1 against this kernel's 2.81; at width 128, 3.0 against 5.0
     for this kernel's split rows."""
-    if not u.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1" or os.environ.get("AUDIOMAMBA_GLUON") == "0":
+    if not gluon_dispatch.may_run(u):
         return False
     gluon = gluon_kernel()
     return gluon is not None and gluon.fits(u, weights, conv_state, ssm_state)
 
 
-@functools.cache
 def gluon_kernel():
-    """The module ``mamba_stack_gluon``, imported on first use, or None after a one-line notice
-    where Gluon does not import (a Triton without it); then this kernel takes every step."""
-    try:
-        return importlib.import_module("audiomamba_kernels.mamba_stack_gluon")
-    except ImportError as err:
-        print(f"audiomamba: the Gluon stage kernel is unavailable ({err}); using the Triton one", file=sys.stderr)
-        return None
+    """The module ``mamba_stack_gluon``, or None where Gluon does not import: then this kernel takes
+    every step."""
+    return gluon_dispatch.kernel_module("mamba_stack_gluon", "stage kernel")
 
 
 def mamba_stack_step(u, weights, conv_state, ssm_state, skip=None, split=None):

@@ -37,6 +37,11 @@ each takes some of the states and writes its own partial of gu and gdelta, since
 64 states x 32 samples spills one warp's registers. State and accumulation are fp32 whatever the
 input dtype.
 
+On Hopper GPUs at 16 states, the backward runs in chunks of 32 and its gradients pass is a Gluon
+kernel with time inside each thread (``selective_scan_gluon``, 25% faster at the outer stage). The
+sequential forward then also saves the state at the middle of each chunk when a backward will
+follow (``_backward_chunk``), and the backward takes its chunk from the states it is given.
+
 A chunk kernel's program runs its channels one after another, so each loop iteration loads the
 next channel's rows (``_channel_inputs``) while it scans the current one: with one warp per
 program and few programs per SM (the tiles take 168-255 registers a thread), load latency would
@@ -51,6 +56,7 @@ import torch
 import triton
 import triton.language as tl
 
+from audiomamba_kernels import gluon_dispatch
 from audiomamba_kernels.eager_function import for_caller, plain_function
 from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
 
@@ -64,6 +70,7 @@ LOOP_UNROLL = 1  # unroll factor of that loop
 # Measured (BENCHMARKS.md, "Selective-scan kernels, session 30"): up to 16 states the forward is
 # one pass in time order (_scan_sequential), 14-19% faster on H200; 64 states run faster chunked.
 SEQUENTIAL_MAX_STATES = 16
+GLUON_GRADIENTS = True  # the Gluon gradients pass where it fits (tests and benchmarks turn it off to compare)
 PASS_CHUNKS = 32  # chunks that _pass_chunks scans at a time (an (n, PASS_CHUNKS) tile; 32-128 time the same on H100)
 # Measured (BENCHMARKS.md, "Generation, session 24"): from these batches the SSM step runs x_proj and
 # dt_proj first, 16 rows a program, then the update; bf16 projections of fewer than 512 channels
@@ -259,19 +266,30 @@ def _sequence_channel(A_ptr, bias_ptr, D_ptr, d, d_ok, N, n, n_ok, HAS_BIAS: tl.
 
 @triton.jit
 def _sequence_chunk(raw, u, gate, A2, bias, D, B_tile, C_tile, h, y_ptr, pre_ptr, incoming_ptr, dt_sum_ptr,
-                    b, d, d_ok, c, n_ch, L, N, n_chunks, n, n_ok, T: tl.constexpr, SAVE_PRE: tl.constexpr,
-                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Chunk c of channel d from its incoming state h (n,): writes y (and y before the gate), the
-    incoming state and the delta sum (for the backward); returns the state after the chunk."""
+                    b, d, d_ok, c, n_ch, L, N, n_saved, n, n_ok, T: tl.constexpr, SPLIT: tl.constexpr,
+                    SAVE_PRE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    SOFTPLUS: tl.constexpr):
+    """Chunk c of channel d from its incoming state h (n,): writes y (and y before the gate), and
+    for the backward the state and delta sum of each of its SPLIT parts (its incoming state and
+    delta sum, or with SPLIT = 2 also the state at its middle and each half's sum); returns the
+    state after the chunk."""
     ch = b * n_ch + d
     row = ch.to(tl.int64) * L
     t = c * T + tl.arange(0, T)
     mask = (t < L) & d_ok
     dt = _delta(raw, bias, mask, HAS_BIAS, SOFTPLUS)
-    tl.store(incoming_ptr + (ch * N + n) * n_chunks + c, h, mask=n_ok & d_ok)
-    tl.store(dt_sum_ptr + ch * n_chunks + c, tl.sum(dt, axis=0), mask=d_ok)
+    tl.store(incoming_ptr + (ch * N + n) * n_saved + c * SPLIT, h, mask=n_ok & d_ok)
     a = tl.exp2(dt[None, :] * A2[:, None])
     h_all = _chunk_states(a, (dt * u)[None, :] * B_tile, h, T)
+    if SPLIT == 1:
+        tl.store(dt_sum_ptr + ch * n_saved + c, tl.sum(dt, axis=0), mask=d_ok)
+    else:
+        early = tl.arange(0, T) < T // 2
+        later_ok = d_ok & (c * T + T // 2 < L)
+        tl.store(dt_sum_ptr + ch * n_saved + 2 * c, tl.sum(tl.where(early, dt, 0.0), axis=0), mask=d_ok)
+        tl.store(dt_sum_ptr + ch * n_saved + 2 * c + 1, tl.sum(tl.where(early, 0.0, dt), axis=0), mask=later_ok)
+        middle = tl.sum(tl.where((tl.arange(0, T) == T // 2 - 1)[None, :], h_all, 0.0), axis=1)
+        tl.store(incoming_ptr + (ch * N + n) * n_saved + 2 * c + 1, middle, mask=n_ok & later_ok)
     y = tl.sum(C_tile * h_all, axis=0)
     if HAS_D:
         y += D * u
@@ -285,13 +303,15 @@ def _sequence_chunk(raw, u, gate, A2, bias, D, B_tile, C_tile, h, y_ptr, pre_ptr
 
 @triton.jit
 def _scan_sequential(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, pre_ptr,
-                     init_ptr, incoming_ptr, dt_sum_ptr, final_ptr, n_ch, L_UNITS, N, n_chunks,
-                     L_ALIGN: tl.constexpr, T: tl.constexpr, N_PAD: tl.constexpr, SAVE_PRE: tl.constexpr,
+                     init_ptr, incoming_ptr, dt_sum_ptr, final_ptr, n_ch, L_UNITS, N, n_chunks, n_saved,
+                     L_ALIGN: tl.constexpr, T: tl.constexpr, SPLIT: tl.constexpr, N_PAD: tl.constexpr,
+                     SAVE_PRE: tl.constexpr,
                      HAS_INIT: tl.constexpr, PAIRS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                      HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """The whole forward for two channels (d, e) of one batch row: their chunks in time order, each
     scanned from the state the one before left (in registers), the two sharing each chunk's B and C
-    tiles. Writes what ``_forward`` returns. Rows and tiles load one chunk ahead of their use."""
+    tiles. Writes what ``_forward`` returns, with the states for the backward every T // SPLIT
+    samples (``n_saved`` of them). Rows and tiles load one chunk ahead of their use."""
     b, d = tl.program_id(0), 2 * tl.program_id(1)
     e = d + 1
     L = L_UNITS * L_ALIGN
@@ -320,10 +340,10 @@ def _scan_sequential(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         e_next = _sequence_rows(*rows, e_row, c + 1, L, e_ok, T, HAS_Z)
         if PAIRS:
             B_tile, C_tile = _unpack_pairs(B_tile, N_PAD, T), _unpack_pairs(C_tile, N_PAD, T)
-        h_d = _sequence_chunk(*d_in, *d_consts, B_tile, C_tile, h_d, *outputs, b, d, d_ok, c, n_ch, L, N, n_chunks,
-                              n, n_ok, T, *flags)
-        h_e = _sequence_chunk(*e_in, *e_consts, B_tile, C_tile, h_e, *outputs, b, e, e_ok, c, n_ch, L, N, n_chunks,
-                              n, n_ok, T, *flags)
+        h_d = _sequence_chunk(*d_in, *d_consts, B_tile, C_tile, h_d, *outputs, b, d, d_ok, c, n_ch, L, N, n_saved,
+                              n, n_ok, T, SPLIT, *flags)
+        h_e = _sequence_chunk(*e_in, *e_consts, B_tile, C_tile, h_e, *outputs, b, e, e_ok, c, n_ch, L, N, n_saved,
+                              n, n_ok, T, SPLIT, *flags)
     tl.store(final_ptr + (b * n_ch + d) * N + n, h_d, mask=n_ok & d_ok)
     tl.store(final_ptr + (b * n_ch + e) * N + n, h_e, mask=n_ok & e_ok)
 
@@ -459,18 +479,42 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
 
 
 def _prepare(u, delta, A, B, C, D, z, delta_bias):
+    tensors = [x.contiguous() if x is not None else None for x in (u, delta, A, B, C, D, z, delta_bias)]
+    return tensors, _meta(u, A)
+
+
+def _meta(u, A):
+    """The scan's sizes and chunking: the batch, channels, length L, states N (N_PAD, a power of
+    two), the chunk length T and the number of chunks."""
     batch, n_ch, L = u.shape
     N = A.shape[1]
-    tensors = [x.contiguous() if x is not None else None for x in (u, delta, A, B, C, D, z, delta_bias)]
     T = _chunk_len(N)
     # Triton assumes an integer argument divisible by 16 when it is (and compiles for that), else
     # nothing. A length like 1000 (the U-Net's center stage) would then make every row's start look
     # unaligned, and the loads scalar: 2.4x slower per element. So the kernels take L as
     # L_UNITS * L_ALIGN, with L_ALIGN (a power of two up to 16 dividing L) fixed at compile time.
     align = math.gcd(L, 16)
-    meta = dict(batch=batch, n_ch=n_ch, L=L, N=N, T=T, n_chunks=triton.cdiv(L, T), N_PAD=triton.next_power_of_2(N),
+    return dict(batch=batch, n_ch=n_ch, L=L, N=N, T=T, n_chunks=triton.cdiv(L, T), N_PAD=triton.next_power_of_2(N),
                 L_UNITS=L // align, L_ALIGN=align)
-    return tensors, meta
+
+
+def _chunked(m, T):
+    """Meta ``m`` with chunks of T."""
+    return dict(m, T=T, n_chunks=triton.cdiv(m["L"], T))
+
+
+def _backward_chunk(u, m, backward_follows: bool) -> int:
+    """The backward's chunk length, and so how often the forward saves its state for it: the
+    forward's chunk, or half of it where a backward will follow and the Gluon gradients pass can
+    run, which takes chunks of 32 (``selective_scan_gluon``). The sequential forward then saves a
+    state at the middle of each chunk too, in the same pass (8% slower at the outer stage). This
+    depends on the shape and the machine only, never on a switch (``AUDIOMAMBA_GLUON``,
+    ``GLUON_GRADIENTS``): torch.compile caches graphs that hold these shapes."""
+    if backward_follows and m["N_PAD"] <= SEQUENTIAL_MAX_STATES and m["T"] % 2 == 0:
+        half = _chunked(m, m["T"] // 2)
+        if _gluon_fits(u, half, _tiles(half, backward=True)):
+            return half["T"]
+    return m["T"]
 
 
 def _tiles(m, backward: bool):
@@ -497,8 +541,10 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_
     (u, delta, A, B, C, D, z, bias), m = _prepare(u, delta, A, B, C, D, z, delta_bias)
     A = A.float()
     f32 = dict(device=u.device, dtype=torch.float32)
-    dt_sum = torch.empty(m["batch"], m["n_ch"], m["n_chunks"], **f32)
-    incoming = torch.empty(m["batch"], m["n_ch"], m["N"], m["n_chunks"], **f32)
+    every = _backward_chunk(u, m, save_pre)  # samples between the states saved for the backward
+    saved = triton.cdiv(m["L"], every)
+    dt_sum = torch.empty(m["batch"], m["n_ch"], saved, **f32)
+    incoming = torch.empty(m["batch"], m["n_ch"], m["N"], saved, **f32)
     final = torch.empty(m["batch"], m["n_ch"], m["N"], **f32)
     y = torch.empty_like(u)
     save_pre = save_pre and z is not None
@@ -511,8 +557,9 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_
         pairs = (B.dtype == C.dtype == torch.bfloat16 and m["L"] % 2 == 0
                  and B.data_ptr() % 4 == 0 and C.data_ptr() % 4 == 0)
         _scan_sequential[(m["batch"], triton.cdiv(m["n_ch"], 2))](
-            *args, y, pre if save_pre else y, init, incoming, dt_sum, final, *sizes, L_ALIGN=m["L_ALIGN"], T=m["T"],
-            N_PAD=m["N_PAD"], SAVE_PRE=save_pre, HAS_INIT=initial_state is not None, PAIRS=pairs, num_warps=1,
+            *args, y, pre if save_pre else y, init, incoming, dt_sum, final, *sizes, saved, L_ALIGN=m["L_ALIGN"],
+            T=m["T"], SPLIT=m["T"] // every, N_PAD=m["N_PAD"], SAVE_PRE=save_pre, HAS_INIT=initial_state is not None,
+            PAIRS=pairs, num_warps=1,
             **flags)
         return y, final, incoming, dt_sum, pre
     end_state = torch.empty_like(incoming)
@@ -527,8 +574,29 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_
     return y, final, incoming, dt_sum, pre
 
 
+def _gluon_gradients(u, m, tiles) -> bool:
+    """Whether the Gluon kernel takes this backward's gradients pass, at chunks of ``m["T"]``: where
+    it fits, unless switched off (``AUDIOMAMBA_GLUON=0``, GLUON_GRADIENTS)."""
+    return GLUON_GRADIENTS and gluon_dispatch.may_run(u) and _gluon_fits(u, m, tiles)
+
+
+def _gluon_fits(u, m, tiles) -> bool:
+    """Whether the Gluon gradients pass (``selective_scan_gluon``) can take a backward at chunks of
+    ``m["T"]`` with these tiles, on this machine."""
+    gluon = _gluon() if gluon_dispatch.can_run(u) else None
+    return gluon is not None and gluon.fits(u, m["N"], m["T"], m["n_ch"], tiles["BLOCK"], tiles["GROUPS"])
+
+
+def _gluon():
+    return gluon_dispatch.kernel_module("selective_scan_gluon", "gradients pass")
+
+
 def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_sum, pre):
     (u, delta, A, B, C, D, z, bias), m = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    if incoming.shape[-1] != m["n_chunks"]:  # the forward saved its states every half chunk
+        m = _chunked(m, m["T"] // 2)
+        if incoming.shape[-1] != m["n_chunks"]:
+            raise ValueError(f"the scan's backward got {incoming.shape[-1]} saved states for length {m['L']}")
     if z is not None and pre.shape != u.shape:
         raise ValueError("the scan's backward with z needs the output before the gate, saved by the forward")
     A, gy = A.float(), gy.contiguous()
@@ -559,7 +627,10 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
     _pass_chunks[(m["batch"], m["n_ch"])](A, first, dt_sum, carry_in, g_init, g_init, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=True, HAS_INIT=False, K=PASS_CHUNKS)
-    _scan_chunks_bwd[grid](*args, *sizes, GRADS=True, **common)
+    if _gluon_gradients(u, m, tiles):
+        _gluon().gradients(grid, args, sizes, tiles, flags)  # the same grid and partial sums
+    else:
+        _scan_chunks_bwd[grid](*args, *sizes, GRADS=True, **common)
     if groups > 1:
         gu, gdelta = gu.sum(0).to(u.dtype), gdelta.sum(0).to(delta.dtype)
     return (gu, gdelta, gA.sum((0, 1)), gB.sum(0), gC.sum(0), gD.sum((0, 1)) if D is not None else None, gz,
@@ -585,9 +656,9 @@ def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor
 
 @_scan.register_fake
 def _scan_shapes(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_pre):
-    batch, n_ch, L = u.shape
-    N = A.shape[1]
-    n_chunks = triton.cdiv(L, _chunk_len(N))
+    m = _meta(u, A)
+    batch, n_ch, N = m["batch"], m["n_ch"], m["N"]
+    n_chunks = triton.cdiv(m["L"], _backward_chunk(u, m, save_pre))
     f32 = dict(device=u.device, dtype=torch.float32)
     pre_shape = u.shape if save_pre and z is not None else (0,)
     return (torch.empty(u.shape, dtype=u.dtype, device=u.device), torch.empty(batch, n_ch, N, **f32),

@@ -21,6 +21,7 @@ from tests.kernels.test_selective_scan_kernels import DEVICE, rel_err
 
 gluon = pytest.importorskip("audiomamba_kernels.mamba_stack_gluon")
 kernels = pytest.importorskip("audiomamba_kernels.mamba_stack")
+gluon_dispatch = pytest.importorskip("audiomamba_kernels.gluon_dispatch")
 
 SHAPE = gluon.PLANS[64]["shape"]
 
@@ -82,10 +83,10 @@ def test_the_plain_kernel_keeps_every_step_off_a_gpu_and_where_the_shape_differs
 def test_without_gluon_the_triton_kernel_takes_every_step_after_a_one_line_notice(monkeypatch, capsys):
     with monkeypatch.context() as patch:
         patch.setitem(sys.modules, "audiomamba_kernels.mamba_stack_gluon", None)  # as if it cannot import
-        kernels.gluon_kernel.cache_clear()
+        gluon_dispatch.kernel_module.cache_clear()
         assert kernels.gluon_kernel() is None
         assert "Gluon stage kernel is unavailable" in capsys.readouterr().err
-    kernels.gluon_kernel.cache_clear()
+    gluon_dispatch.kernel_module.cache_clear()
     assert kernels.gluon_kernel() is gluon
 
 

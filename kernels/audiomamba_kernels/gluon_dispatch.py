@@ -1,0 +1,36 @@
+"""Where this project's Gluon kernels may run, and their modules, imported on first use.
+
+Gluon is Triton's dialect with explicit layouts. The kernels written in it here are for Hopper GPUs
+(each module's ``fits`` says which work it takes) and do not run under the Triton interpreter.
+``AUDIOMAMBA_GLUON=0`` switches them all off, for comparisons.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+
+import torch
+
+
+def may_run(t: torch.Tensor) -> bool:
+    """Whether a Gluon kernel may take work on tensor t: where one can (``can_run``), unless
+    ``AUDIOMAMBA_GLUON=0``."""
+    return can_run(t) and os.environ.get("AUDIOMAMBA_GLUON") != "0"
+
+
+def can_run(t: torch.Tensor) -> bool:
+    """Whether a Gluon kernel can take work on tensor t: on CUDA, outside the interpreter."""
+    return t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1"
+
+
+@functools.cache
+def kernel_module(name: str, what: str):
+    """The module ``audiomamba_kernels.<name>``, or None after a one-line notice naming ``what`` where
+    Gluon does not import (a Triton without it); the Triton kernel then does that work."""
+    try:
+        return importlib.import_module(f"audiomamba_kernels.{name}")
+    except ImportError as err:
+        print(f"audiomamba: the Gluon {what} is unavailable ({err}); using the Triton one", file=sys.stderr)
+        return None

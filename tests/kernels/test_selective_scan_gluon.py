@@ -1,0 +1,118 @@
+"""The scan's Gluon gradients pass (``selective_scan_gluon``), which replaces the Triton one on Hopper
+GPUs at 16 states, and the forward's states every half chunk that it needs.
+
+Gluon kernels do not run under the Triton interpreter. So on any machine the kernel is compiled
+for sm_90 and its loop checked for spills; on a Hopper GPU every gradient is checked against the
+reference (fp32 relative L2 error <= 1e-4, bf16 <= 1e-2) and against the Triton pass.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from audiomamba.ops.selective_scan import selective_scan_ref
+from tests.conftest import REPO
+from tests.kernels.test_selective_scan_kernels import DEVICE, make_inputs, rel_err
+
+gluon = pytest.importorskip("audiomamba_kernels.selective_scan_gluon")
+kernels = pytest.importorskip("audiomamba_kernels.selective_scan")
+
+on_hopper = pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9),
+                               reason="the Gluon kernel runs on Hopper GPUs only")
+NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+
+
+def test_it_compiles_for_hopper_on_any_machine_and_its_loop_does_not_spill():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # it compiles, never runs
+    script = ("import sys; sys.path.insert(0, 'kernels'); from sass_count import loop_profile; "
+              "from audiomamba_kernels import selective_scan_gluon as g; "
+              "p = loop_profile(g.compile_for_hopper().asm['cubin']); o = p['opcodes']; "
+              "print(p['registers'], sum(o.values()), o['LDL'] + o['STL'], o['MUFU'])")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    registers, loop, spills, exponentials = (int(x) for x in out.stdout.split())
+    assert registers <= 255 and spills == 0
+    # one loop iteration: a channel pair over a chunk, 2 x 16 x 32 elements over 32 lanes, two
+    # exponentials each (the states' decay and the adjoint's), and far fewer instructions than the
+    # Triton pass's 42 an element
+    assert exponentials >= 64 and loop < 32 * 30
+
+
+def test_it_takes_16_states_in_chunks_of_32_over_whole_blocks_of_an_even_number_of_channels():
+    u = torch.empty(1, 64, 100)  # the device is asked last, only where everything else fits
+    assert not gluon.fits(u, n_state=64, chunk=32, channels=64, block=64, groups=1)
+    assert not gluon.fits(u, n_state=16, chunk=64, channels=64, block=64, groups=1)
+    assert not gluon.fits(u, n_state=16, chunk=32, channels=80, block=64, groups=1)
+    assert not gluon.fits(u, n_state=16, chunk=32, channels=17, block=17, groups=1)
+    assert not gluon.fits(u, n_state=16, chunk=32, channels=64, block=64, groups=2)
+
+
+def test_the_forward_saves_its_states_every_half_chunk_where_the_backward_asks(monkeypatch):
+    """On any machine: the sequential forward with a state at each chunk's middle, and the Triton
+    backward at half chunks, as the Gluon pass runs it, match the reference."""
+    monkeypatch.setattr(kernels, "_backward_chunk", lambda u, m, backward_follows: m["T"] // 2)
+    x = make_inputs(2, 6, 16, 37 if DEVICE == "cpu" else 1000, torch.float32, True, True, True)
+    for v in x.values():
+        if v is not None:
+            v.requires_grad_(True)
+    y, final, saved, _, _ = kernels._scan(*(x[k] for k in NAMES), True, None, True)
+    y_ref, final_ref = selective_scan_ref(**x, delta_softplus=True, return_last_state=True)
+    assert saved.shape[-1] == -(-x["u"].shape[-1] // (kernels._meta(x["u"], x["A"])["T"] // 2))
+    assert rel_err(y, y_ref) <= 1e-4 and rel_err(final, final_ref) <= 1e-4
+    grads = torch.autograd.grad(y, [x[k] for k in NAMES], torch.ones_like(y))
+    grads_ref = torch.autograd.grad(y_ref, [x[k] for k in NAMES], torch.ones_like(y_ref))
+    for name, got, want in zip(NAMES, grads, grads_ref):
+        assert rel_err(got, want) <= 1e-4, name
+
+
+def _gradients(x, gy):
+    leaves = [v for v in x.values() if v is not None]
+    y = kernels.selective_scan(**x, delta_softplus=True)
+    return torch.autograd.grad(y, leaves, gy)
+
+
+@on_hopper
+@pytest.mark.parametrize("batch, d, length", [(2, 64, 200), (1, 128, 1000), (2, 8, 4001), (3, 192, 96)])
+@pytest.mark.parametrize("options", [(True, True, True), (False, False, False)])
+def test_every_gradient_matches_the_reference_in_fp32(batch, d, length, options, monkeypatch):
+    """Lengths that end inside a chunk (200, 1000, 4001 odd) and one that does not; blocks of 64
+    channels and a short one (8); z, D and delta's bias each given or not."""
+    calls = []
+    real = kernels._gluon().gradients
+    monkeypatch.setattr(kernels._gluon(), "gradients", lambda *a: calls.append(1) or real(*a))
+    x = make_inputs(batch, d, 16, length, torch.float32, *options)
+    for v in x.values():
+        if v is not None:
+            v.requires_grad_(True)
+    gy = torch.randn(batch, d, length, device=DEVICE)
+    got = _gradients(x, gy)
+    assert calls, "the Gluon pass did not run"
+    y_ref = selective_scan_ref(**x, delta_softplus=True)
+    want = torch.autograd.grad(y_ref, [v for v in x.values() if v is not None], gy)
+    for name, g, w in zip([k for k, v in x.items() if v is not None], got, want):
+        assert rel_err(g, w) <= 1e-4, name
+
+
+@on_hopper
+@pytest.mark.parametrize("options", [(True, True, True), (False, False, False)])
+def test_bf16_gradients_match_the_reference_and_the_triton_pass(options, monkeypatch):
+    x = {k: v for k, v in make_inputs(2, 64, 16, 1000, torch.bfloat16, *options).items() if v is not None}
+    for v in x.values():
+        v.requires_grad_(True)
+    gy = torch.randn(2, 64, 1000, device=DEVICE, dtype=torch.bfloat16)
+
+    def grads(gluon_on):
+        monkeypatch.setattr(kernels, "GLUON_GRADIENTS", gluon_on)
+        y = kernels.selective_scan(**x, delta_softplus=True)
+        return torch.autograd.grad(y, list(x.values()), gy)
+
+    got, triton_pass = grads(True), grads(False)
+    reference = {k: v.detach().float().requires_grad_(True) for k, v in x.items()}
+    y_ref = selective_scan_ref(**reference, delta_softplus=True)
+    want = torch.autograd.grad(y_ref, list(reference.values()), gy.float())
+    for name, g, t, w in zip(x, got, triton_pass, want):
+        assert rel_err(g.float(), w) <= 1e-2, name
+        assert rel_err(g.float(), t.float()) <= 1e-3, name  # the same sums in another order, rounded to bf16
