@@ -20,9 +20,9 @@ back the same way, each thread adding the 16 states of 2 times.
 
 The plain-Triton pass lays time across lanes, and most of its instructions go to its scans'
 shuffles: 42 a state element against 27 here (``kernels/sass_count.py``). Measured on an H200
-(BENCHMARKS.md, "Selective-scan kernels, session 33"), outer stage (B=16, D=128, L=16000): this
-pass 1.02 ms against about 1.41 for the Triton one at chunks of 64; fwd+bwd 2.27 ms against 2.41, and a
-``sc09_mamba`` training step 93.4 ms against 98.2.
+(BENCHMARKS.md, "Selective-scan kernels, session 33"): the scan's fwd+bwd at the outer stage
+(B=16, D=128, L=16000) 2.27 ms against 2.41 with the Triton pass, and a ``sc09_mamba`` training
+step 93.4 ms against 98.2.
 
 Gluon kernels do not run under the Triton interpreter. So CI compiles this one for sm_90
 (``compile_for_hopper``), and the GPU tests check its numbers against the reference and the
@@ -118,8 +118,8 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
                        incoming_ptr, carry_in_ptr,
                        gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr,
                        n_ch, L_UNITS, n_chunks,
-                       L_ALIGN: gl.constexpr, BLOCK: gl.constexpr, HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
-                       SOFTPLUS: gl.constexpr):
+                       L_ALIGN: gl.constexpr, BLOCK: gl.constexpr, HAS_D: gl.constexpr, HAS_Z: gl.constexpr,
+                       HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr):
     N: gl.constexpr = 16
     CH: gl.constexpr = 2
     T: gl.constexpr = 32
