@@ -306,9 +306,8 @@ def _sequence_chunk(raw, u, gate, A2, bias, D, B_tile, C_tile, h, y_ptr, pre_ptr
 def _scan_sequential(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, pre_ptr,
                      init_ptr, incoming_ptr, dt_sum_ptr, final_ptr, n_ch, L_UNITS, N, n_chunks, n_saved,
                      L_ALIGN: tl.constexpr, T: tl.constexpr, SPLIT: tl.constexpr, N_PAD: tl.constexpr,
-                     SAVE_PRE: tl.constexpr,
-                     HAS_INIT: tl.constexpr, PAIRS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+                     SAVE_PRE: tl.constexpr, HAS_INIT: tl.constexpr, PAIRS: tl.constexpr, HAS_D: tl.constexpr,
+                     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """The whole forward for two channels (d, e) of one batch row: their chunks in time order, each
     scanned from the state the one before left (in registers), the two sharing each chunk's B and C
     tiles. Writes what ``_forward`` returns, with the states for the backward every T // SPLIT
@@ -508,9 +507,10 @@ def _backward_chunk(u, m, backward_follows: bool) -> int:
     """The backward's chunk length, and so how often the forward saves its state for it: the
     forward's chunk, or half of it where a backward will follow and the Gluon gradients pass can
     run, which takes chunks of 32 (``selective_scan_gluon``). The sequential forward then saves a
-    state at the middle of each chunk too, in the same pass (8% slower at the outer stage). This
-    depends on the shape and the machine only, never on a switch (``AUDIOMAMBA_GLUON``,
-    ``GLUON_GRADIENTS``): torch.compile caches graphs that hold these shapes."""
+    state at the middle of each chunk too, in the same pass (0.62 ms against 0.55 at the outer
+    stage, BENCHMARKS.md, "Selective-scan kernels, session 33"). This depends on the shape and the
+    machine only, never on a switch (``AUDIOMAMBA_GLUON``, ``GLUON_GRADIENTS``): torch.compile
+    caches graphs that hold these shapes."""
     if backward_follows and m["N_PAD"] <= SEQUENTIAL_MAX_STATES and m["T"] % 2 == 0:
         half = _chunked(m, m["T"] // 2)
         if _gluon_fits(u, half, _tiles(half, backward=True)):
@@ -560,8 +560,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_
         _scan_sequential[(m["batch"], triton.cdiv(m["n_ch"], 2))](
             *args, y, pre if save_pre else y, init, incoming, dt_sum, final, *sizes, saved, L_ALIGN=m["L_ALIGN"],
             T=m["T"], SPLIT=m["T"] // every, N_PAD=m["N_PAD"], SAVE_PRE=save_pre, HAS_INIT=initial_state is not None,
-            PAIRS=pairs, num_warps=1,
-            **flags)
+            PAIRS=pairs, num_warps=1, **flags)
         return y, final, incoming, dt_sum, pre
     end_state = torch.empty_like(incoming)
     common = dict(_tiles(m, backward=False), **flags)
@@ -589,6 +588,7 @@ def _gluon_fits(u, m, tiles) -> bool:
 
 
 def _gluon():
+    """The module ``selective_scan_gluon``, or None where Gluon does not import."""
     return gluon_dispatch.kernel_module("selective_scan_gluon", "gradients pass")
 
 

@@ -47,7 +47,7 @@ def fits(u: torch.Tensor, n_state: int, chunk: int, channels: int, block: int, g
     """Whether this kernel takes the gradients pass of a scan of rows u with ``n_state`` states, in
     chunks of ``chunk`` times, over blocks of ``block`` of its ``channels`` in ``groups`` state
     groups: on a Hopper GPU (the caller has checked CUDA outside the interpreter), 16 states in one
-    group, chunks of 32 or 64, and whole blocks of an even number of channels."""
+    group, chunks of ``CHUNK``, and whole blocks of an even number of channels."""
     return (n_state == N_STATES and groups == 1 and chunk == CHUNK and channels % block == 0 and block % 2 == 0
             and _hopper(u.device.index))
 
@@ -255,18 +255,18 @@ def gradients(grid, args, sizes, tiles: dict, flags: dict) -> None:
                              num_warps=1, **flags)
 
 
-def compile_for_hopper(block: int = 64, dtype: str = "bf16", **flags):
-    """The kernel compiled for sm_90 (any machine; Triton ships the toolchain), for tests: its
-    registers are ``n_regs``, its spills ``n_spills``."""
+def compile_for_hopper(block: int = 64):
+    """The kernel compiled for sm_90 (any machine; Triton ships the toolchain) as the Mamba block
+    calls it, bf16 rows: its SASS is in ``asm["cubin"]`` (``kernels/sass_count.py`` reads it)."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     rows = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "gy_ptr", "pre_ptr", "gu_ptr", "gdelta_ptr", "gz_ptr"}
-    constexprs = dict(L_ALIGN=16, BLOCK=block, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True) | flags
+    constexprs = dict(L_ALIGN=16, BLOCK=block, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
     signature, attrs = {}, {}
     for index, name in enumerate(_scan_chunks_grads.arg_names):
         if name.endswith("_ptr"):
-            signature[name] = f"*{dtype}" if name in rows else "*fp32"
+            signature[name] = "*bf16" if name in rows else "*fp32"
             attrs[(index,)] = [["tt.divisibility", 16]]
         elif name in constexprs:
             signature[name] = "constexpr"
