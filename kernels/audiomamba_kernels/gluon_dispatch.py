@@ -34,3 +34,24 @@ def kernel_module(name: str, what: str):
     except ImportError as err:
         print(f"audiomamba: the Gluon {what} is unavailable ({err}); using the Triton one", file=sys.stderr)
         return None
+
+
+def compile_for_sm90(kernel, constexprs: dict, bf16: set, options: dict):
+    """Gluon ``kernel`` compiled for sm_90 on any machine (Triton ships the toolchain), for tests and
+    instruction counts: the pointers named in ``bf16`` to bf16, the other pointers to fp32, all
+    16-byte aligned; ``eps`` an fp32 scalar and the other arguments i32."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    signature, attrs = {}, {}
+    for index, name in enumerate(kernel.arg_names):
+        if name.endswith("_ptr"):
+            signature[name] = "*bf16" if name in bf16 else "*fp32"
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        elif name in constexprs:
+            signature[name] = "constexpr"
+        else:
+            signature[name] = "fp32" if name == "eps" else "i32"
+    source = GluonASTSource(kernel, signature, constexprs, attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)

@@ -42,11 +42,11 @@ from __future__ import annotations
 import functools
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 
+from audiomamba_kernels import gluon_dispatch
 from audiomamba_kernels.mamba_stack import level_arguments
 from audiomamba_kernels.pdl import launch_options
 
@@ -501,21 +501,8 @@ def _launch(plan) -> dict:
 def compile_for_hopper(buffers: int = 2, width: int = 64):
     """The kernel compiled for sm_90 (any machine; Triton ships the toolchain), for tests: its
     shared memory is ``metadata.shared`` bytes, its PTX ``asm["ptx"]``."""
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-
     plan = PLANS[width]
-    bf16 = {"in_w_ptr", "xp_ptr", "dtw_ptr", "out_w_ptr"}
-    signature, attrs = {}, {}
-    for index, name in enumerate(_stage_step.arg_names):
-        if name.endswith("_ptr"):
-            signature[name] = "*bf16" if name in bf16 else "*fp32"
-            attrs[(index,)] = [["tt.divisibility", 16]]
-        elif name in plan["shape"] or name in ("X_PARTS", "Y_PARTS", "BUFFERS", "PDL"):
-            signature[name] = "constexpr"
-        else:
-            signature[name] = "fp32" if name == "eps" else "i32"
     constexprs = {**plan["shape"], "X_PARTS": plan["X_PARTS"], "Y_PARTS": plan["Y_PARTS"], "BUFFERS": buffers,
                   "PDL": True}
-    source = GluonASTSource(_stage_step, signature, constexprs, attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=_launch(plan))
+    return gluon_dispatch.compile_for_sm90(_stage_step, constexprs, {"in_w_ptr", "xp_ptr", "dtw_ptr", "out_w_ptr"},
+                                           _launch(plan))

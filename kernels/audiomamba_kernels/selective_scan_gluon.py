@@ -33,9 +33,10 @@ from __future__ import annotations
 import functools
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+
+from audiomamba_kernels import gluon_dispatch
 
 N_STATES = 16  # the states it is written for: 2 channels x 16 states fill a warp's lanes
 CHUNK = 32  # times a thread holds: the backward's chunk (the forward saves its states this often)
@@ -258,19 +259,6 @@ def gradients(grid, args, sizes, tiles: dict, flags: dict) -> None:
 def compile_for_hopper(block: int = 64):
     """The kernel compiled for sm_90 (any machine; Triton ships the toolchain) as the Mamba block
     calls it, bf16 rows: its SASS is in ``asm["cubin"]`` (``kernels/sass_count.py`` reads it)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-
     rows = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "gy_ptr", "pre_ptr", "gu_ptr", "gdelta_ptr", "gz_ptr"}
     constexprs = dict(L_ALIGN=16, BLOCK=block, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
-    signature, attrs = {}, {}
-    for index, name in enumerate(_scan_chunks_grads.arg_names):
-        if name.endswith("_ptr"):
-            signature[name] = "*bf16" if name in rows else "*fp32"
-            attrs[(index,)] = [["tt.divisibility", 16]]
-        elif name in constexprs:
-            signature[name] = "constexpr"
-        else:
-            signature[name] = "i32"
-    source = GluonASTSource(_scan_chunks_grads, signature, constexprs, attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1))
+    return gluon_dispatch.compile_for_sm90(_scan_chunks_grads, constexprs, rows, dict(num_warps=1))
