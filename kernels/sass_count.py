@@ -185,25 +185,27 @@ def main() -> None:
         print(f"\nthe passes' issue bound: forward {total[False]:.3f} ms, "
               f"forward + backward {total[False] + total[True]:.3f} ms")
         if N == ssg.N_STATES:
-            print_gluon_gradients(batch, n_ch, L, issue_rate, args.arch)
+            print_gluon(batch, n_ch, L, issue_rate, args.arch)
 
 
-def print_gluon_gradients(batch: int, n_ch: int, L: int, issue_rate: float, arch: int) -> None:
-    """The Gluon gradients pass that replaces the Triton one on Hopper GPUs at 16 states
-    (``selective_scan_gluon``): one loop iteration is one channel pair over one chunk of 32, one warp."""
+def print_gluon(batch: int, n_ch: int, L: int, issue_rate: float, arch: int) -> None:
+    """The Gluon passes that replace the Triton ones on Hopper GPUs at 16 states
+    (``selective_scan_gluon``): one warp a program; one iteration of the gradients pass's loop is
+    one channel pair over one chunk of 32, of the forward's two chunks."""
     if arch != 90:
         return
-    block = min(ss.BLOCK_D, n_ch)
-    profile = loop_profile(ssg.compile_for_hopper(block=block).asm["cubin"])
-    ops, count = profile["opcodes"], sum(profile["opcodes"].values())
-    per_thread = 2 * ssg.CHUNK * ssg.N_STATES / 32
-    bound_ms = count * batch * (n_ch // 2) * -(-L // ssg.CHUNK) / issue_rate * 1e3
     print("\n| pass | warps | registers | stack bytes | loop instructions (spill loads and stores) "
           "| per element of the tile | FMUL / FFMA / MUFU per element | issue bound, ms |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| backward: gradients, Gluon, chunks of {ssg.CHUNK} | 1 | {profile['registers']} | {profile['stack']} "
-          f"| {count} ({ops['LDL'] + ops['STL']}) | {count / per_thread:.1f} | {ops['FMUL'] / per_thread:.1f} / "
-          f"{ops['FFMA'] / per_thread:.1f} / {ops['MUFU'] / per_thread:.1f} | {bound_ms:.3f} |")
+    for name, kernel, chunks in [("forward, Gluon, one pass", "forward", 2),
+                                 (f"backward: gradients, Gluon, chunks of {ssg.CHUNK}", "gradients", 1)]:
+        profile = loop_profile(ssg.compile_for_hopper(kernel, block=min(ss.BLOCK_D, n_ch)).asm["cubin"])
+        ops, count = profile["opcodes"], sum(profile["opcodes"].values())
+        per_thread = chunks * 2 * ssg.CHUNK * ssg.N_STATES / 32
+        bound_ms = count / chunks * batch * (n_ch // 2) * -(-L // ssg.CHUNK) / issue_rate * 1e3
+        print(f"| {name} | 1 | {profile['registers']} | {profile['stack']} | {count} ({ops['LDL'] + ops['STL']}) "
+              f"| {count / per_thread:.1f} | {ops['FMUL'] / per_thread:.1f} / {ops['FFMA'] / per_thread:.1f} / "
+              f"{ops['MUFU'] / per_thread:.1f} | {bound_ms:.3f} |")
 
 
 if __name__ == "__main__":

@@ -37,11 +37,11 @@ each takes some of the states and writes its own partial of gu and gdelta, since
 64 states x 32 samples spills one warp's registers. State and accumulation are fp32 whatever the
 input dtype.
 
-On Hopper GPUs at 16 states, the backward runs in chunks of 32 and its gradients pass is a Gluon
-kernel with time inside each thread (``selective_scan_gluon``; fwd+bwd 6% faster at the outer
-stage). The sequential forward then also saves the state at the middle of each chunk when a
-backward will follow (``_backward_chunk``), and the backward takes its chunk from the states it
-is given.
+On Hopper GPUs at 16 states, the forward and the backward's gradients pass are Gluon kernels with
+time inside each thread (``selective_scan_gluon``), and the backward runs in chunks of 32: the
+forward saves its state every 32 samples when a backward will follow (``_backward_chunk``; the
+Triton forward, switched to, then saves the state at the middle of each chunk too), and the
+backward takes its chunk from the states it is given.
 
 A chunk kernel's program runs its channels one after another, so each loop iteration loads the
 next channel's rows (``_channel_inputs``) while it scans the current one: with one warp per
@@ -71,7 +71,7 @@ LOOP_UNROLL = 1  # unroll factor of that loop
 # Measured (BENCHMARKS.md, "Selective-scan kernels, session 30"): up to 16 states the forward is
 # one pass in time order (_scan_sequential), 14-19% faster on H200; 64 states run faster chunked.
 SEQUENTIAL_MAX_STATES = 16
-GLUON_GRADIENTS = True  # the Gluon gradients pass where it fits (tests and benchmarks turn it off to compare)
+GLUON = True  # the Gluon forward and gradients pass where they fit (tests and benchmarks turn them off to compare)
 PASS_CHUNKS = 32  # chunks that _pass_chunks scans at a time (an (n, PASS_CHUNKS) tile; 32-128 time the same on H100)
 # Measured (BENCHMARKS.md, "Generation, session 24"): from these batches the SSM step runs x_proj and
 # dt_proj first, 16 rows a program, then the update; bf16 projections of fewer than 512 channels
@@ -506,11 +506,12 @@ def _chunked(m, T):
 def _backward_chunk(u, m, backward_follows: bool) -> int:
     """The backward's chunk length, and so how often the forward saves its state for it: the
     forward's chunk, or half of it where a backward will follow and the Gluon gradients pass can
-    run, which takes chunks of 32 (``selective_scan_gluon``). The sequential forward then saves a
-    state at the middle of each chunk too, in the same pass (0.62 ms against 0.55 at the outer
-    stage, BENCHMARKS.md, "Selective-scan kernels, session 33"). This depends on the shape and the
-    machine only, never on a switch (``AUDIOMAMBA_GLUON``, ``GLUON_GRADIENTS``): torch.compile
-    caches graphs that hold these shapes."""
+    run, which takes chunks of 32 (``selective_scan_gluon``). The Gluon forward, which runs there
+    too, saves its state after any chunk of 32; switched to, the Triton forward saves a state at
+    the middle of each of its chunks of 64 too (0.62 ms against 0.55 at the outer stage,
+    BENCHMARKS.md, "Selective-scan kernels, session 33"). This depends on the shape and the
+    machine only, never on a switch (``AUDIOMAMBA_GLUON``, ``GLUON``): torch.compile caches graphs
+    that hold these shapes."""
     if backward_follows and m["N_PAD"] <= SEQUENTIAL_MAX_STATES and m["T"] % 2 == 0:
         half = _chunked(m, m["T"] // 2)
         if _gluon_fits(u, half, _tiles(half, backward=True)):
@@ -557,6 +558,12 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_
     if m["N_PAD"] <= SEQUENTIAL_MAX_STATES:
         pairs = (B.dtype == C.dtype == torch.bfloat16 and m["L"] % 2 == 0
                  and B.data_ptr() % 4 == 0 and C.data_ptr() % 4 == 0)
+        if GLUON and gluon_dispatch.may_run(u) and _gluon_forward_fits(u, m, every):
+            _gluon().forward(args, (y, pre if save_pre else y, init, incoming, dt_sum, final),
+                             (m["batch"], m["n_ch"], m["L_UNITS"]), every,
+                             dict(L_ALIGN=m["L_ALIGN"], SAVE_PRE=save_pre, HAS_INIT=initial_state is not None,
+                                  PAIRS=pairs, **flags))
+            return y, final, incoming, dt_sum, pre
         _scan_sequential[(m["batch"], triton.cdiv(m["n_ch"], 2))](
             *args, y, pre if save_pre else y, init, incoming, dt_sum, final, *sizes, saved, L_ALIGN=m["L_ALIGN"],
             T=m["T"], SPLIT=m["T"] // every, N_PAD=m["N_PAD"], SAVE_PRE=save_pre, HAS_INIT=initial_state is not None,
@@ -576,8 +583,8 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_
 
 def _gluon_gradients(u, m, tiles) -> bool:
     """Whether the Gluon kernel takes this backward's gradients pass, at chunks of ``m["T"]``: where
-    it fits, unless switched off (``AUDIOMAMBA_GLUON=0``, GLUON_GRADIENTS)."""
-    return GLUON_GRADIENTS and gluon_dispatch.may_run(u) and _gluon_fits(u, m, tiles)
+    it fits, unless switched off (``AUDIOMAMBA_GLUON=0``, GLUON)."""
+    return GLUON and gluon_dispatch.may_run(u) and _gluon_fits(u, m, tiles)
 
 
 def _gluon_fits(u, m, tiles) -> bool:
@@ -587,9 +594,16 @@ def _gluon_fits(u, m, tiles) -> bool:
     return gluon is not None and gluon.fits(u, m["N"], m["T"], m["n_ch"], tiles["BLOCK"], tiles["GROUPS"])
 
 
+def _gluon_forward_fits(u, m, every: int) -> bool:
+    """Whether the Gluon forward (``selective_scan_gluon``) can take this scan, saving its states
+    every ``every`` samples, on this machine."""
+    gluon = _gluon() if gluon_dispatch.can_run(u) else None
+    return gluon is not None and gluon.forward_fits(u, m["N"], m["n_ch"], every)
+
+
 def _gluon():
     """The module ``selective_scan_gluon``, or None where Gluon does not import."""
-    return gluon_dispatch.kernel_module("selective_scan_gluon", "gradients pass")
+    return gluon_dispatch.kernel_module("selective_scan_gluon", "scan passes")
 
 
 def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_sum, pre):

@@ -1,32 +1,44 @@
-"""The selective scan's gradients pass in Gluon for Hopper GPUs, time inside each thread (16 states).
+"""The selective scan's forward and its gradients pass in Gluon for Hopper GPUs, time inside each
+thread (16 states).
 
-Same contract as ``selective_scan._scan_chunks_bwd`` with GRADS=True and one group of states, at
-chunks of ``CHUNK`` = 32: from each chunk's incoming state (the forward saves one every 32 samples
-where this pass runs, ``selective_scan._backward_chunk``) and the adjoint carried in from later
-chunks (``_pass_chunks``), every gradient: gu, gdelta and gz per element; gA, gD and gbias as one
-partial sum per (batch row, chunk); gB and gC as one per channel block. ``fits`` says where it runs.
+Lane (channel, state) of a warp's 2 x 16 holds its state's 32 times in registers (32 is what fits
+the gradients pass in 255 registers), so the recurrences run inside each thread, one FMA a time.
+Values per (channel, time) (softplus, the gate, delta u) are computed once, spread over the warp,
+and reach the 16 state lanes through shared memory; sums over the states go back the same way,
+each thread adding the 16 states of 2 times. ``forward_fits`` and ``fits`` say where they run.
 
-A program takes one chunk of one batch row and a block of channels, two channels at a time, in one
-warp. Lane (channel, state) of the 2 x 16 holds its state's 32 times in registers (32 is what fits
-in 255 registers), so both recurrences run inside each thread, one FMA a time:
-- the forward states h[t] = a[t] h[t-1] + dt[t] u[t] B[t], recomputed from the incoming state;
+**The forward** (``_scan_forward``; same contract as ``selective_scan._scan_sequential``): a
+program takes two channels of one batch row and runs all their chunks of 32 in time order, the
+state carried in registers: h[t] = a[t] h[t-1] + dt[t] u[t] B[t]. It writes y (and y before the
+gate), and every 32 or 64 samples the incoming state and delta sum for the backward. Each chunk
+goes through three phases (its deltas; its states; its output), and a step of the loop runs chunk
+c+1's first, chunk c-1's last and chunk c's second with no barrier between them, on two buffers
+of shared memory. B and C load along time in 16-byte pieces and reach the state lanes through
+shared memory as well: read directly in the state lanes' layout, each of a warp's loads touched 16
+rows, and the L1's tag lookups bound the kernel (0.86 ms at the outer stage against 0.53).
+
+**The gradients pass** (``_scan_chunks_grads``; same contract as ``selective_scan._scan_chunks_bwd``
+with GRADS=True and one group of states, at chunks of ``CHUNK`` = 32): from each chunk's incoming
+state (saved by the forward every 32 samples where this pass runs, ``selective_scan._backward_chunk``)
+and the adjoint carried in from later chunks (``_pass_chunks``), every gradient: gu, gdelta and
+gz per element; gA, gD and gbias as one partial sum per (batch row, chunk); gB and gC as one per
+channel block. A program takes one chunk of one batch row and a block of channels, two channels
+at a time, in one warp:
+- the forward states, recomputed from the incoming state;
 - the adjoint lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1], backwards in time. The times are
   reversed in registers (``_flip``: splits and joins, which only rename registers), scanned forward
   and reversed back. Triton's own reverse scan ran shuffles across the warp instead (547 in the
   kernel against 72).
-Values per (channel, time) (softplus, the gate, delta u) are computed once, spread over the warp,
-and reach the 16 state lanes through shared memory; the sums over the states (for gu and gdelta) go
-back the same way, each thread adding the 16 states of 2 times.
 
-The plain-Triton pass lays time across lanes, and most of its instructions go to its scans'
-shuffles: 42 a state element against 27 here (``kernels/sass_count.py``). Measured on an H200
-(BENCHMARKS.md, "Selective-scan kernels, session 33"): the scan's fwd+bwd at the outer stage
-(B=16, D=128, L=16000) 2.27 ms against 2.41 with the Triton pass, and a ``sc09_mamba`` training
-step 93.4 ms against 98.2.
+The plain-Triton passes lay time across lanes, and many of their instructions go to the scans'
+shuffles: 42 a state element in the gradients pass against 27 here, 18.5 in the forward against
+14 (``kernels/sass_count.py``). Measured on an H200 (BENCHMARKS.md, "Selective-scan kernels,
+sessions 33 and 34"): at the outer stage (B=16, D=128, L=16000), the forward 0.53 ms against
+0.55, and fwd+bwd 2.23 ms against 2.41 with both Triton passes.
 
-Gluon kernels do not run under the Triton interpreter. So CI compiles this one for sm_90
-(``compile_for_hopper``), and the GPU tests check its numbers against the reference and the
-Triton pass.
+Gluon kernels do not run under the Triton interpreter. So CI compiles them for sm_90
+(``compile_for_hopper``), and the GPU tests check their numbers against the reference and the
+Triton passes.
 """
 from __future__ import annotations
 
@@ -40,8 +52,22 @@ from audiomamba_kernels import gluon_dispatch
 
 N_STATES = 16  # the states it is written for: 2 channels x 16 states fill a warp's lanes
 CHUNK = 32  # times a thread holds: the backward's chunk (the forward saves its states this often)
+N_ = gl.constexpr(N_STATES)  # the same two, for the kernels
+T_ = gl.constexpr(CHUNK)
 LOG2E = gl.constexpr(1.4426950408889634)
 LN2 = gl.constexpr(0.6931471805599453)
+# The layouts of one warp's (CH = 2 channels, N states, T times) tiles: lane (channel, state) holds T times
+L3 = gl.constexpr(gl.BlockedLayout([1, 1, CHUNK], [2, N_STATES, 1], [1, 1, 1], [2, 1, 0]))
+L_CT = gl.constexpr(gl.SliceLayout(1, L3))  # (CH, T): a channel's times, in each of its state lanes
+L_NT = gl.constexpr(gl.SliceLayout(0, L3))  # (N, T): a state's times
+L_CN = gl.constexpr(gl.SliceLayout(2, L3))  # (CH, N): one value a lane
+L_PAIRS = gl.constexpr(gl.SliceLayout(0, gl.BlockedLayout([1, 1, CHUNK // 2], [2, N_STATES, 1], [1, 1, 1], [2, 1, 0])))
+# (CH, T) spread over the warp, 2 times a lane; and (CH, N, T) for sums over the states, each lane
+# holding the N states of its 2 times
+L_SPREAD = gl.constexpr(gl.BlockedLayout([1, 2], [2, 16], [1, 1], [1, 0]))
+L_SUM = gl.constexpr(gl.BlockedLayout([1, N_STATES, 2], [2, 1, 16], [1, 1, 1], [1, 2, 0]))
+FLAT = gl.constexpr(gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+SWZ = gl.constexpr(gl.SwizzledSharedLayout(4, 1, 8, [2, 1, 0]))  # 16-byte pieces XOR-swizzled by row
 
 
 def fits(u: torch.Tensor, n_state: int, chunk: int, channels: int, block: int, groups: int) -> bool:
@@ -50,6 +76,15 @@ def fits(u: torch.Tensor, n_state: int, chunk: int, channels: int, block: int, g
     groups: on a Hopper GPU (the caller has checked CUDA outside the interpreter), 16 states in one
     group, chunks of ``CHUNK``, and whole blocks of an even number of channels."""
     return (n_state == N_STATES and groups == 1 and chunk == CHUNK and channels % block == 0 and block % 2 == 0
+            and u.numel() < 2**31 and _hopper(u.device.index))
+
+
+def forward_fits(u: torch.Tensor, n_state: int, channels: int, every: int) -> bool:
+    """Whether the forward kernel takes a scan of rows u with ``n_state`` states over ``channels``,
+    saving its states every ``every`` samples: on a Hopper GPU (the caller has checked CUDA
+    outside the interpreter), 16 states, an even number of channels, and ``every`` a multiple of
+    ``CHUNK``."""
+    return (n_state == N_STATES and channels % 2 == 0 and every % CHUNK == 0 and u.numel() < 2**31
             and _hopper(u.device.index))
 
 
@@ -130,17 +165,6 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     b = gl.program_id(1)
     blk = gl.program_id(2)
     L = L_UNITS * L_ALIGN  # the length, known to be a multiple of L_ALIGN: rows load in vectors
-    # (CH, N, T): lane (channel, state) holds T times
-    L3: gl.constexpr = gl.BlockedLayout([1, 1, T], [CH, N, 1], [1, 1, 1], [2, 1, 0])
-    L_CT: gl.constexpr = gl.SliceLayout(1, L3)  # (CH, T): a channel's times, in each of its state lanes
-    L_NT: gl.constexpr = gl.SliceLayout(0, L3)  # (N, T): a state's times
-    L_CN: gl.constexpr = gl.SliceLayout(2, L3)  # (CH, N): one value a lane
-    # (CH, T) spread over the warp, 2 times a lane; and (CH, N, T) for the sums over states, each lane
-    # holding the N states of its 2 times
-    L_SPREAD: gl.constexpr = gl.BlockedLayout([1, T * CH // 32], [CH, 32 // CH], [1, 1], [1, 0])
-    L_SUM: gl.constexpr = gl.BlockedLayout([1, N, T * CH // 32], [CH, 1, 32 // CH], [1, 1, 1], [1, 2, 0])
-    FLAT: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-    SWZ: gl.constexpr = gl.SwizzledSharedLayout(4, 1, 8, [2, 1, 0])  # 16-byte pieces XOR-swizzled by row
     rows_s = gl.allocate_shared_memory(gl.float32, [4, CH, T], FLAT)  # dt, dt one time later, dt u, gy
     sums_s = gl.allocate_shared_memory(gl.float32, [2 * CH, N, T], SWZ)  # lambda B, and dL/d(dt A)
     tiles_s = gl.allocate_shared_memory(gl.float32, [2, N, T], gl.SwizzledSharedLayout(4, 1, 8, [1, 0]))  # B, C
@@ -245,6 +269,221 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     gl.store(gC_ptr + part + end_off, gl.sum(acc_C, 0), mask=end_ok)
 
 
+@gluon.jit
+def _take_last(a, b):
+    return b
+
+
+@gluon.jit
+def _row_mask(c, L):
+    """Which of chunk c's (CH, T) times lie in the sequence [0, L)."""
+    t = c * T_ + gl.arange(0, T_, layout=gl.SliceLayout(0, L_SPREAD))
+    return ((t >= 0) & (t < L))[None, :] & (gl.arange(0, 2, layout=gl.SliceLayout(1, L_SPREAD)) >= 0)[:, None]
+
+
+@gluon.jit
+def _forward_rows(delta_ptr, u_ptr, z_ptr, rows0, c, L, HAS_Z: gl.constexpr):
+    """Chunk c's rows of the channel pair (CH, T), as stored: raw delta, u and z (u again without z);
+    zeros past the end."""
+    ok = _row_mask(c, L)
+    at = rows0 + c * T_
+    u = gl.load(u_ptr + at, mask=ok, other=0.0)
+    zz = u
+    if HAS_Z:
+        zz = gl.load(z_ptr + at, mask=ok, other=0.0)
+    return gl.load(delta_ptr + at, mask=ok, other=0.0), u, zz
+
+
+@gluon.jit
+def _forward_tiles(B_ptr, C_ptr, b, c, L, PAIRS: gl.constexpr):
+    """Chunk c's B and C tiles of batch row b, as stored: (N, T), or with ``PAIRS`` (N, T / 2) bf16
+    pairs read as int32 (L even); zeros past the end. Loaded in 16-byte pieces along time: a warp's
+    load then touches 8 or 16 rows' lines. (In the state lanes' layout, each of its four loads
+    touched all 16 rows, and the L1's tag lookups bound the kernel.)"""
+    TP: gl.constexpr = T_ // 2 if PAIRS else T_
+    if PAIRS:
+        B_ptr = B_ptr.to(gl.pointer_type(gl.int32), bitcast=True)
+        C_ptr = C_ptr.to(gl.pointer_type(gl.int32), bitcast=True)
+    VEC: gl.constexpr = 16 // (B_ptr.dtype.element_ty.primitive_bitwidth // 8)
+    layout: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // (TP // VEC), TP // VEC], [1, 1], [1, 0])
+    LP = L * TP // T_
+    n = gl.arange(0, N_, layout=gl.SliceLayout(1, layout))
+    t = c * TP + gl.arange(0, TP, layout=gl.SliceLayout(0, layout))
+    at = (b * N_ + n[:, None]) * LP + t[None, :]
+    ok = (t < LP)[None, :] & (n >= 0)[:, None]
+    return gl.load(B_ptr + at, mask=ok, other=0), gl.load(C_ptr + at, mask=ok, other=0)
+
+
+@gluon.jit
+def _tile(x, PAIRS: gl.constexpr):
+    """A loaded tile as (N, T) fp32 in L_NT. bf16 pairs cost one shift or mask a value (a bf16's fp32
+    value is its bits shifted up 16), where Triton's conversion takes two."""
+    if PAIRS:
+        low = (x << 16).to(gl.float32, bitcast=True)
+        high = (x & -65536).to(gl.float32, bitcast=True)
+        tile = gl.convert_layout(gl.reshape(gl.join(low, high), [N_, T_]), L_NT)
+    else:
+        tile = x.to(gl.float32)
+    return tile
+
+
+@gluon.jit
+def _forward_deltas(rows, c, L, bias, dt_sum, rows_buf, dt_sum_ptr, sums_at, n_chunks, EVERY: gl.constexpr,
+                    SOFTPLUS: gl.constexpr):
+    """Phase 1 of chunk c: its delta and delta u from its rows, spread over the warp, into
+    ``rows_buf`` (two (CH, T) buffers) for the state lanes. Adds delta to ``dt_sum`` (CH,), written every
+    EVERY chunks; returns the sums not yet written."""
+    raw, u, _z = rows
+    dt, _x = _delta(raw, bias, _row_mask(c, L), SOFTPLUS)
+    rows_buf[0].store(dt)
+    rows_buf[1].store(dt * u.to(gl.float32))
+    dt_sum += gl.sum(dt, 1)
+    saved = ((c % EVERY == EVERY - 1) | (c == n_chunks - 1)) & (c < n_chunks)
+    gl.store(dt_sum_ptr + sums_at + c // EVERY, dt_sum, mask=saved & (sums_at >= 0))
+    return gl.where(saved, 0.0, dt_sum)
+
+
+@gluon.jit
+def _forward_states(rows_buf, tiles_buf, A2, h, sums_buf, c, n_chunks, incoming_ptr, states, n_saved,
+                    EVERY: gl.constexpr, PAIRS: gl.constexpr):
+    """Phase 2 of chunk c: its states, forwards in each thread from its incoming state h (CH, N)
+    (written every EVERY chunks), times C into ``sums_buf`` (CH, N, T); returns the state after it.
+    Its B and C tiles come from ``tiles_buf`` (two buffers, as loaded)."""
+    layout: gl.constexpr = L_PAIRS if PAIRS else L_NT
+    B, C = tiles_buf[0].load(layout), tiles_buf[1].load(layout)
+    gl.store(incoming_ptr + states * n_saved + c // EVERY, h, mask=(c % EVERY == 0) & (c < n_chunks) & (states >= 0))
+    a = gl.exp2(rows_buf[0].load(L_CT)[:, None, :] * A2[:, :, None])
+    drive = rows_buf[1].load(L_CT)[:, None, :] * _tile(B, PAIRS)[None, :, :]
+    first = (gl.arange(0, T_, layout=gl.SliceLayout(0, L_CT)) == 0)[None, None, :]
+    hs = gl.associative_scan((a, gl.where(first, drive + a * h[:, :, None], drive)), 2, _combine)[1]
+    sums_buf.store(hs * _tile(C, PAIRS)[None, :, :])
+    return gl.reduce(hs, 2, _take_last)
+
+
+@gluon.jit
+def _forward_output(sums_buf, uz, c, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE: gl.constexpr, HAS_D: gl.constexpr,
+                    HAS_Z: gl.constexpr):
+    """Phase 3 of chunk c: y (and y before the gate) from the sums over the states in ``sums_buf`` and
+    the chunk's u and z; nothing is written outside the sequence."""
+    u, zz = uz
+    ok = _row_mask(c, L)
+    at = rows0 + c * T_
+    y = gl.convert_layout(gl.sum(sums_buf.load(L_SUM), 1), L_SPREAD)
+    if HAS_D:
+        y += D * u.to(gl.float32)
+    if HAS_Z:
+        if SAVE_PRE:
+            gl.store(pre_ptr + at, y.to(pre_ptr.dtype.element_ty), mask=ok)
+        zz = zz.to(gl.float32)
+        y = y * zz * _sigmoid(zz)
+    gl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@gluon.jit
+def _forward_step(c, rows_next, tiles_later, uz_prev, uz, h, dt_sum, rows_now_buf, rows_next_buf, sums_prev_buf,
+                  sums_now_buf, tiles_now_buf, tiles_next_buf, ptrs, rows0, b, L, n_chunks, n_saved, states, sums_at,
+                  A2, bias, D, EVERY: gl.constexpr, SAVE_PRE: gl.constexpr, HAS_D: gl.constexpr,
+                  HAS_Z: gl.constexpr, SOFTPLUS: gl.constexpr, PAIRS: gl.constexpr):
+    """One step of the software pipeline: chunk c+1's tiles into shared memory and its phase 1,
+    chunk c-1's phase 3 and chunk c's phase 2, with no barrier between them, so that their
+    instructions interleave; then one barrier. Takes chunk c+1's rows and tiles (loaded a step
+    before), u and z of chunks c-1 and c; returns the same for the next step, loading chunk c+2's."""
+    u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, y_ptr, pre_ptr, incoming_ptr, dt_sum_ptr = ptrs
+    rows_after = _forward_rows(delta_ptr, u_ptr, z_ptr, rows0, c + 2, L, HAS_Z)
+    tiles_after = _forward_tiles(B_ptr, C_ptr, b, c + 2, L, PAIRS)
+    tiles_next_buf[0].store(tiles_later[0])
+    tiles_next_buf[1].store(tiles_later[1])
+    dt_sum = _forward_deltas(rows_next, c + 1, L, bias, dt_sum, rows_next_buf, dt_sum_ptr, sums_at, n_chunks,
+                             EVERY, SOFTPLUS)
+    _forward_output(sums_prev_buf, uz_prev, c - 1, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE, HAS_D, HAS_Z)
+    h = _forward_states(rows_now_buf, tiles_now_buf, A2, h, sums_now_buf, c, n_chunks, incoming_ptr, states, n_saved,
+                        EVERY, PAIRS)
+    gl.thread_barrier()
+    return rows_after, tiles_after, uz, (rows_next[1], rows_next[2]), h, dt_sum
+
+
+@gluon.jit
+def _scan_forward(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, pre_ptr,
+                  init_ptr, incoming_ptr, dt_sum_ptr, final_ptr, n_ch, L_UNITS,
+                  L_ALIGN: gl.constexpr, EVERY: gl.constexpr, SAVE_PRE: gl.constexpr, HAS_INIT: gl.constexpr,
+                  HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
+                  PAIRS: gl.constexpr):
+    CH: gl.constexpr = 2
+    b = gl.program_id(0)
+    d = gl.program_id(1) * CH
+    L = L_UNITS * L_ALIGN  # the length, known to be a multiple of L_ALIGN: rows load in vectors
+    n_chunks = gl.cdiv(L, T_)
+    n_saved = gl.cdiv(n_chunks, EVERY)
+    # Each chunk's values go through shared memory twice: delta and delta u from the spread layout to
+    # the state lanes, C h from the state lanes to the sums over the states. Two buffers of each, so
+    # that consecutive chunks' phases need no barrier between them.
+    dt_s = gl.allocate_shared_memory(gl.float32, [2, CH, T_], FLAT)  # [buffer] dt
+    du_s = gl.allocate_shared_memory(gl.float32, [2, CH, T_], FLAT)  # [buffer] dt u
+    sums_s = gl.allocate_shared_memory(gl.float32, [2, CH, N_, T_], SWZ)  # [buffer] C h
+    # B and C as loaded, XOR-swizzled in 16-byte pieces so that 8 rows' reads take one wavefront
+    TP: gl.constexpr = T_ // 2 if PAIRS else T_
+    tile_ty: gl.constexpr = gl.int32 if PAIRS else B_ptr.dtype.element_ty
+    VEC: gl.constexpr = 16 // (tile_ty.primitive_bitwidth // 8)
+    PER_LINE: gl.constexpr = max(1, 128 // (TP * VEC // VEC * (tile_ty.primitive_bitwidth // 8)))
+    TILE_SMEM: gl.constexpr = gl.SwizzledSharedLayout(VEC, PER_LINE, TP // VEC, [1, 0])
+    B_s = gl.allocate_shared_memory(tile_ty, [2, N_, TP], TILE_SMEM)
+    C_s = gl.allocate_shared_memory(tile_ty, [2, N_, TP], TILE_SMEM)
+    ch_s = gl.arange(0, CH, layout=gl.SliceLayout(1, L_SPREAD))
+    ch_cn = gl.arange(0, CH, layout=gl.SliceLayout(1, L_CN))
+    n_cn = gl.arange(0, N_, layout=gl.SliceLayout(0, L_CN))
+    rows0 = (b * n_ch + d + ch_s[:, None]) * L + gl.arange(0, T_, layout=gl.SliceLayout(0, L_SPREAD))[None, :]
+    states = (b * n_ch + d + ch_cn[:, None]) * N_ + n_cn[None, :]  # (CH, N): (batch row, channel, state)
+    sums_at = (b * n_ch + d + ch_s) * n_saved
+    A2 = gl.load(A_ptr + (d + ch_cn[:, None]) * N_ + n_cn[None, :]) * LOG2E
+    if HAS_INIT:
+        h = gl.load(init_ptr + states)
+    else:
+        h = gl.zeros([CH, N_], gl.float32, L_CN)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = gl.load(bias_ptr + d + ch_s)[:, None]
+    D = 0.0
+    if HAS_D:
+        D = gl.load(D_ptr + d + ch_s)[:, None]
+    ptrs = (u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, y_ptr, pre_ptr, incoming_ptr, dt_sum_ptr)
+    sizes = (rows0, b, L, n_chunks, n_saved, states, sums_at, A2, bias, D)
+    # The pipeline's start: chunk 0's tiles into shared memory and its phase 1, chunk 1's rows and tiles
+    tiles = _forward_tiles(B_ptr, C_ptr, b, 0, L, PAIRS)
+    B_s.index(0).store(tiles[0])
+    C_s.index(0).store(tiles[1])
+    rows = _forward_rows(delta_ptr, u_ptr, z_ptr, rows0, 0, L, HAS_Z)
+    dt_sum = _forward_deltas(rows, 0, L, bias, gl.zeros([CH], gl.float32, gl.SliceLayout(1, L_SPREAD)),
+                             (dt_s.index(0), du_s.index(0)), dt_sum_ptr, sums_at, n_chunks, EVERY,
+                             SOFTPLUS)
+    uz = (rows[1], rows[2])
+    uz_prev = uz  # chunk -1's phase 3 writes nothing
+    rows = _forward_rows(delta_ptr, u_ptr, z_ptr, rows0, 1, L, HAS_Z)
+    tiles = _forward_tiles(B_ptr, C_ptr, b, 1, L, PAIRS)
+    gl.thread_barrier()
+    # Two steps a loop (the buffers alternate, and the loads' registers carry over the loop's edge as
+    # they are), to an even number of chunks: one past the end is all masked
+    for c in range(0, gl.cdiv(n_chunks, 2) * 2, 2):
+        rows, tiles, uz_prev, uz, h, dt_sum = _forward_step(
+            c, rows, tiles, uz_prev, uz, h, dt_sum, (dt_s.index(0), du_s.index(0)), (dt_s.index(1), du_s.index(1)), sums_s.index(1),
+            sums_s.index(0), (B_s.index(0), C_s.index(0)), (B_s.index(1), C_s.index(1)), ptrs, *sizes, EVERY, SAVE_PRE, HAS_D, HAS_Z, SOFTPLUS, PAIRS)
+        rows, tiles, uz_prev, uz, h, dt_sum = _forward_step(
+            c + 1, rows, tiles, uz_prev, uz, h, dt_sum, (dt_s.index(1), du_s.index(1)), (dt_s.index(0), du_s.index(0)), sums_s.index(0),
+            sums_s.index(1), (B_s.index(1), C_s.index(1)), (B_s.index(0), C_s.index(0)), ptrs, *sizes, EVERY, SAVE_PRE, HAS_D, HAS_Z, SOFTPLUS, PAIRS)
+    _forward_output(sums_s.index(1), uz_prev, gl.cdiv(n_chunks, 2) * 2 - 1, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE,
+                    HAS_D, HAS_Z)
+    gl.store(final_ptr + states, h)
+
+
+def forward(args, outputs, sizes, every: int, flags: dict) -> None:
+    """The whole forward, as ``selective_scan._scan_sequential`` takes it: ``args`` (u, delta, A, B,
+    C, D, z, bias), ``outputs`` (y, y before the gate, the initial state, the saved incoming states,
+    the delta sums, the final state), ``sizes`` (batch, channels, length in units of ``L_ALIGN``),
+    with a state saved every ``every`` samples (a multiple of ``CHUNK``), and ``flags`` (L_ALIGN,
+    SAVE_PRE, HAS_INIT, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, PAIRS)."""
+    batch, n_ch, L_UNITS = sizes
+    _scan_forward[(batch, n_ch // 2)](*args, *outputs, n_ch, L_UNITS, EVERY=every // CHUNK, num_warps=1, **flags)
+
+
 def gradients(grid, args, sizes, tiles: dict, flags: dict) -> None:
     """Launch the pass with ``_scan_chunks_bwd``'s grid, arguments (its ``first`` included, unread),
     sizes (channels, length in units of ``tiles["L_ALIGN"]``, states, chunks), tiles and flags."""
@@ -256,9 +495,14 @@ def gradients(grid, args, sizes, tiles: dict, flags: dict) -> None:
                              num_warps=1, **flags)
 
 
-def compile_for_hopper(block: int = 64):
-    """The kernel compiled for sm_90 (any machine; Triton ships the toolchain) as the Mamba block
-    calls it, bf16 rows: its SASS is in ``asm["cubin"]`` (``kernels/sass_count.py`` reads it)."""
-    rows = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "gy_ptr", "pre_ptr", "gu_ptr", "gdelta_ptr", "gz_ptr"}
-    constexprs = dict(L_ALIGN=16, BLOCK=block, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
-    return gluon_dispatch.compile_for_sm90(_scan_chunks_grads, constexprs, rows, dict(num_warps=1))
+def compile_for_hopper(kernel: str = "gradients", block: int = 64):
+    """A kernel ("gradients" or "forward") compiled for sm_90 (any machine; Triton ships the
+    toolchain) as the Mamba block calls it in training, bf16 rows and B and C read as pairs: its
+    SASS is in ``asm["cubin"]`` (``kernels/sass_count.py`` reads it)."""
+    rows = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "gy_ptr", "y_ptr", "pre_ptr", "gu_ptr", "gdelta_ptr",
+            "gz_ptr"}
+    flags = dict(L_ALIGN=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
+    if kernel == "forward":
+        constexprs = dict(flags, EVERY=1, SAVE_PRE=True, HAS_INIT=False, PAIRS=True)
+        return gluon_dispatch.compile_for_sm90(_scan_forward, constexprs, rows, dict(num_warps=1))
+    return gluon_dispatch.compile_for_sm90(_scan_chunks_grads, dict(flags, BLOCK=block), rows, dict(num_warps=1))

@@ -1,9 +1,9 @@
-"""The scan's Gluon gradients pass (``selective_scan_gluon``), which replaces the Triton one on Hopper
-GPUs at 16 states, and the forward's states every half chunk that it needs.
+"""The scan's Gluon forward and gradients pass (``selective_scan_gluon``), which replace the Triton ones
+on Hopper GPUs at 16 states, and the forward's states every half chunk that the gradients pass needs.
 
-Gluon kernels do not run under the Triton interpreter. So on any machine the kernel is compiled
-for sm_90 and its loop checked for spills; on a Hopper GPU every gradient is checked against the
-reference (fp32 relative L2 error <= 1e-4, bf16 <= 1e-2) and against the Triton pass.
+Gluon kernels do not run under the Triton interpreter. So on any machine the kernels are compiled
+for sm_90 and their loops checked for spills; on a Hopper GPU every output and gradient is checked
+against the reference (fp32 relative L2 error <= 1e-4, bf16 <= 1e-2) and against the Triton passes.
 """
 import os
 import subprocess
@@ -24,21 +24,27 @@ on_hopper = pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
 
-def test_it_compiles_for_hopper_on_any_machine_and_its_loop_does_not_spill():
+# per kernel: its loop's iteration in chunk-pairs (2 x 16 x 32 elements over 32 lanes), and the exponentials
+# an element needs (gradients: the states' decay and the adjoint's; forward: the decay)
+LOOPS = {"gradients": (1, 2), "forward": (2, 1)}
+
+
+@pytest.mark.parametrize("kernel", sorted(LOOPS))
+def test_it_compiles_for_hopper_on_any_machine_and_its_loop_does_not_spill(kernel):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # it compiles, never runs
     script = ("import sys; sys.path.insert(0, 'kernels'); from sass_count import loop_profile; "
               "from audiomamba_kernels import selective_scan_gluon as g; "
-              "p = loop_profile(g.compile_for_hopper().asm['cubin']); o = p['opcodes']; "
+              f"p = loop_profile(g.compile_for_hopper('{kernel}').asm['cubin']); o = p['opcodes']; "
               "print(p['registers'], sum(o.values()), o['LDL'] + o['STL'], o['MUFU'])")
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr
     registers, loop, spills, exponentials = (int(x) for x in out.stdout.split())
     assert registers <= 255 and spills == 0
-    # one loop iteration: a channel pair over a chunk, 2 x 16 x 32 elements over 32 lanes, two
-    # exponentials each (the states' decay and the adjoint's), and far fewer instructions than the
-    # Triton pass's 42 an element
-    assert exponentials >= 64 and loop < 32 * 30
+    chunks, per_element = LOOPS[kernel]
+    assert exponentials >= 32 * chunks * per_element
+    # far fewer instructions an element than the Triton passes (gradients 42, sequential forward 18.5)
+    assert loop < 32 * chunks * (30 if kernel == "gradients" else 16)
 
 
 def test_it_takes_16_states_in_chunks_of_32_over_whole_blocks_of_an_even_number_of_channels():
@@ -48,6 +54,13 @@ def test_it_takes_16_states_in_chunks_of_32_over_whole_blocks_of_an_even_number_
     assert not gluon.fits(u, n_state=16, chunk=32, channels=80, block=64, groups=1)
     assert not gluon.fits(u, n_state=16, chunk=32, channels=17, block=17, groups=1)
     assert not gluon.fits(u, n_state=16, chunk=32, channels=64, block=64, groups=2)
+
+
+def test_the_forward_takes_16_states_over_an_even_number_of_channels_saving_states_every_32_or_64():
+    u = torch.empty(1, 64, 100)
+    assert not gluon.forward_fits(u, n_state=64, channels=64, every=64)
+    assert not gluon.forward_fits(u, n_state=16, channels=63, every=64)
+    assert not gluon.forward_fits(u, n_state=16, channels=64, every=16)
 
 
 def test_the_forward_saves_its_states_every_half_chunk_where_the_backward_asks(monkeypatch):
@@ -105,7 +118,7 @@ def test_bf16_gradients_match_the_reference_and_the_triton_pass(options, monkeyp
     gy = torch.randn(2, 64, 1000, device=DEVICE, dtype=torch.bfloat16)
 
     def grads(gluon_on):
-        monkeypatch.setattr(kernels, "GLUON_GRADIENTS", gluon_on)
+        monkeypatch.setattr(kernels, "GLUON", gluon_on)
         y = kernels.selective_scan(**x, delta_softplus=True)
         return torch.autograd.grad(y, list(x.values()), gy)
 
@@ -116,3 +129,35 @@ def test_bf16_gradients_match_the_reference_and_the_triton_pass(options, monkeyp
     for name, g, t, w in zip(x, got, triton_pass, want):
         assert rel_err(g.float(), w) <= 1e-2, name
         assert rel_err(g.float(), t.float()) <= 1e-3, name  # the same sums in another order, rounded to bf16
+
+
+@on_hopper
+@pytest.mark.parametrize("batch, d, length", [(2, 64, 200), (1, 128, 1000), (2, 8, 4001), (3, 6, 96), (1, 2, 7),
+                                              (1, 4, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("options", [(True, True, True), (False, False, False)])
+def test_the_forward_matches_the_reference_and_the_triton_forward(batch, d, length, dtype, options, monkeypatch):
+    """Lengths that end inside a chunk of 32 (200, 1000, 4001, 7, 1) and one that does not (96, an odd
+    number of chunks); an initial state or none; every output the scan returns, with the states
+    saved every 32 samples (a backward follows) and every 64 (none does)."""
+    calls = []
+    real = kernels._gluon().forward
+    monkeypatch.setattr(kernels._gluon(), "forward", lambda *a: calls.append(1) or real(*a))
+    x = make_inputs(batch, d, 16, length, dtype, *options)
+    args = [x[k] for k in NAMES]
+    for initial_state, backward_follows in [(None, False), (torch.randn(batch, d, 16, device=DEVICE), True)]:
+        monkeypatch.setattr(kernels, "GLUON", True)
+        got = kernels._forward(*args, True, initial_state, backward_follows)
+        assert calls, "the Gluon forward did not run"
+        monkeypatch.setattr(kernels, "GLUON", False)
+        triton_forward = kernels._forward(*args, True, initial_state, backward_follows)
+        reference = {k: v.float() if v is not None and v.dtype == torch.bfloat16 else v for k, v in x.items()}
+        y_ref, final_ref = selective_scan_ref(**reference, delta_softplus=True, return_last_state=True,
+                                              initial_state=initial_state)
+        assert rel_err(got[0].float(), y_ref) <= (1e-4 if dtype == torch.float32 else 1e-2)
+        assert rel_err(got[1], final_ref) <= 1e-4  # the state is fp32 either way
+        for name, g, t in zip(["y", "final", "incoming", "dt_sum", "pre"], got, triton_forward):
+            assert g.shape == t.shape, name
+            if g.numel():  # the same sums in another order (y and pre rounded to bf16 where they are)
+                assert rel_err(g.float(), t.float()) <= (1e-3 if dtype == torch.bfloat16 and name in ("y", "pre")
+                                                         else 1e-5), name
