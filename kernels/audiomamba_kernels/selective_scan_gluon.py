@@ -54,6 +54,7 @@ N_STATES = 16  # the states it is written for: 2 channels x 16 states fill a war
 CHUNK = 32  # times a thread holds: the backward's chunk (the forward saves its states this often)
 N_ = gl.constexpr(N_STATES)  # the same two, for the kernels
 T_ = gl.constexpr(CHUNK)
+FORWARD_REGISTERS = 144  # registers a thread of the forward at most (None: the compiler's choice)
 LOG2E = gl.constexpr(1.4426950408889634)
 LN2 = gl.constexpr(0.6931471805599453)
 # The layouts of one warp's (CH = 2 channels, N states, T times) tiles: lane (channel, state) holds T times
@@ -481,7 +482,9 @@ def forward(args, outputs, sizes, every: int, flags: dict) -> None:
     with a state saved every ``every`` samples (a multiple of ``CHUNK``), and ``flags`` (L_ALIGN,
     SAVE_PRE, HAS_INIT, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, PAIRS)."""
     batch, n_ch, L_UNITS = sizes
-    _scan_forward[(batch, n_ch // 2)](*args, *outputs, n_ch, L_UNITS, EVERY=every // CHUNK, num_warps=1, **flags)
+    options = dict(maxnreg=FORWARD_REGISTERS) if FORWARD_REGISTERS else {}
+    _scan_forward[(batch, n_ch // 2)](*args, *outputs, n_ch, L_UNITS, EVERY=every // CHUNK, num_warps=1, **options,
+                                      **flags)
 
 
 def gradients(grid, args, sizes, tiles: dict, flags: dict) -> None:
