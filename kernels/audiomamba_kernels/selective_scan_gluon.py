@@ -54,7 +54,7 @@ N_STATES = 16  # the states it is written for: 2 channels x 16 states fill a war
 CHUNK = 32  # times a thread holds: the backward's chunk (the forward saves its states this often)
 N_ = gl.constexpr(N_STATES)  # the same two, for the kernels
 T_ = gl.constexpr(CHUNK)
-FORWARD_REGISTERS = 144  # registers a thread of the forward at most (None: the compiler's choice)
+FORWARD_REGISTERS = 144  # the forward's registers a thread at most (the compiler took 160: BENCHMARKS.md, session 34)
 LOG2E = gl.constexpr(1.4426950408889634)
 LN2 = gl.constexpr(0.6931471805599453)
 # The layouts of one warp's (CH = 2 channels, N states, T times) tiles: lane (channel, state) holds T times
@@ -482,9 +482,13 @@ def forward(args, outputs, sizes, every: int, flags: dict) -> None:
     with a state saved every ``every`` samples (a multiple of ``CHUNK``), and ``flags`` (L_ALIGN,
     SAVE_PRE, HAS_INIT, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, PAIRS)."""
     batch, n_ch, L_UNITS = sizes
-    options = dict(maxnreg=FORWARD_REGISTERS) if FORWARD_REGISTERS else {}
-    _scan_forward[(batch, n_ch // 2)](*args, *outputs, n_ch, L_UNITS, EVERY=every // CHUNK, num_warps=1, **options,
+    _scan_forward[(batch, n_ch // 2)](*args, *outputs, n_ch, L_UNITS, EVERY=every // CHUNK, **_forward_options(),
                                       **flags)
+
+
+def _forward_options() -> dict:
+    """The forward's launch options: one warp, and ``FORWARD_REGISTERS`` at most a thread."""
+    return dict(num_warps=1, maxnreg=FORWARD_REGISTERS) if FORWARD_REGISTERS else dict(num_warps=1)
 
 
 def gradients(grid, args, sizes, tiles: dict, flags: dict) -> None:
@@ -507,5 +511,5 @@ def compile_for_hopper(kernel: str = "gradients", block: int = 64):
     flags = dict(L_ALIGN=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
     if kernel == "forward":
         constexprs = dict(flags, EVERY=1, SAVE_PRE=True, HAS_INIT=False, PAIRS=True)
-        return gluon_dispatch.compile_for_sm90(_scan_forward, constexprs, rows, dict(num_warps=1))
+        return gluon_dispatch.compile_for_sm90(_scan_forward, constexprs, rows, _forward_options())
     return gluon_dispatch.compile_for_sm90(_scan_chunks_grads, dict(flags, BLOCK=block), rows, dict(num_warps=1))
