@@ -272,6 +272,7 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
 
 @gluon.jit
 def _take_last(a, b):
+    """A reduction's combine that keeps the later value: along a thread's times, the last time."""
     return b
 
 
@@ -332,8 +333,8 @@ def _tile(x, PAIRS: gl.constexpr):
 def _forward_deltas(rows, c, L, bias, dt_sum, rows_buf, dt_sum_ptr, sums_at, n_chunks, EVERY: gl.constexpr,
                     SOFTPLUS: gl.constexpr):
     """Phase 1 of chunk c: its delta and delta u from its rows, spread over the warp, into
-    ``rows_buf`` (two (CH, T) buffers) for the state lanes. Adds delta to ``dt_sum`` (CH,), written every
-    EVERY chunks; returns the sums not yet written."""
+    ``rows_buf`` (two (CH, T) buffers) for the state lanes. Adds delta to ``dt_sum`` (CH,),
+    written every EVERY chunks; returns the sums not yet written."""
     raw, u, _z = rows
     dt, _x = _delta(raw, bias, _row_mask(c, L), SOFTPLUS)
     rows_buf[0].store(dt)
@@ -381,15 +382,18 @@ def _forward_output(sums_buf, uz, c, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE: gl.c
 
 
 @gluon.jit
-def _forward_step(c, rows_next, tiles_later, uz_prev, uz, h, dt_sum, rows_now_buf, rows_next_buf, sums_prev_buf,
-                  sums_now_buf, tiles_now_buf, tiles_next_buf, ptrs, rows0, b, L, n_chunks, n_saved, states, sums_at,
-                  A2, bias, D, EVERY: gl.constexpr, SAVE_PRE: gl.constexpr, HAS_D: gl.constexpr,
-                  HAS_Z: gl.constexpr, SOFTPLUS: gl.constexpr, PAIRS: gl.constexpr):
+def _forward_step(c, rows_next, tiles_later, uz_prev, uz, h, dt_sum, buffers, other_buffers, ptrs, rows0, b, L,
+                  n_chunks, n_saved, states, sums_at, A2, bias, D, EVERY: gl.constexpr, SAVE_PRE: gl.constexpr,
+                  HAS_D: gl.constexpr, HAS_Z: gl.constexpr, SOFTPLUS: gl.constexpr, PAIRS: gl.constexpr):
     """One step of the software pipeline: chunk c+1's tiles into shared memory and its phase 1,
     chunk c-1's phase 3 and chunk c's phase 2, with no barrier between them, so that their
-    instructions interleave; then one barrier. Takes chunk c+1's rows and tiles (loaded a step
-    before), u and z of chunks c-1 and c; returns the same for the next step, loading chunk c+2's."""
+    instructions interleave; then one barrier. Chunk c's phases use ``buffers`` (its rows, sums
+    and tiles in shared memory), chunks c-1's and c+1's ``other_buffers``. Takes chunk c+1's rows
+    and tiles (loaded a step before), u and z of chunks c-1 and c; returns the same for the next
+    step, loading chunk c+2's."""
     u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, y_ptr, pre_ptr, incoming_ptr, dt_sum_ptr = ptrs
+    rows_now_buf, sums_now_buf, tiles_now_buf = buffers
+    rows_next_buf, sums_prev_buf, tiles_next_buf = other_buffers
     rows_after = _forward_rows(delta_ptr, u_ptr, z_ptr, rows0, c + 2, L, HAS_Z)
     tiles_after = _forward_tiles(B_ptr, C_ptr, b, c + 2, L, PAIRS)
     tiles_next_buf[0].store(tiles_later[0])
@@ -409,6 +413,7 @@ def _scan_forward(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                   L_ALIGN: gl.constexpr, EVERY: gl.constexpr, SAVE_PRE: gl.constexpr, HAS_INIT: gl.constexpr,
                   HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
                   PAIRS: gl.constexpr):
+    """The forward for channels (d, d + 1) of batch row b, one warp: see the module's docstring."""
     CH: gl.constexpr = 2
     b = gl.program_id(0)
     d = gl.program_id(1) * CH
@@ -425,8 +430,8 @@ def _scan_forward(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     TP: gl.constexpr = T_ // 2 if PAIRS else T_
     tile_ty: gl.constexpr = gl.int32 if PAIRS else B_ptr.dtype.element_ty
     VEC: gl.constexpr = 16 // (tile_ty.primitive_bitwidth // 8)
-    PER_LINE: gl.constexpr = max(1, 128 // (TP * VEC // VEC * (tile_ty.primitive_bitwidth // 8)))
-    TILE_SMEM: gl.constexpr = gl.SwizzledSharedLayout(VEC, PER_LINE, TP // VEC, [1, 0])
+    ROW_BYTES: gl.constexpr = TP * (tile_ty.primitive_bitwidth // 8)
+    TILE_SMEM: gl.constexpr = gl.SwizzledSharedLayout(VEC, max(1, 128 // ROW_BYTES), TP // VEC, [1, 0])
     B_s = gl.allocate_shared_memory(tile_ty, [2, N_, TP], TILE_SMEM)
     C_s = gl.allocate_shared_memory(tile_ty, [2, N_, TP], TILE_SMEM)
     ch_s = gl.arange(0, CH, layout=gl.SliceLayout(1, L_SPREAD))
@@ -463,13 +468,14 @@ def _scan_forward(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     gl.thread_barrier()
     # Two steps a loop (the buffers alternate, and the loads' registers carry over the loop's edge as
     # they are), to an even number of chunks: one past the end is all masked
+    even = ((dt_s.index(0), du_s.index(0)), sums_s.index(0), (B_s.index(0), C_s.index(0)))
+    odd = ((dt_s.index(1), du_s.index(1)), sums_s.index(1), (B_s.index(1), C_s.index(1)))
     for c in range(0, gl.cdiv(n_chunks, 2) * 2, 2):
-        rows, tiles, uz_prev, uz, h, dt_sum = _forward_step(
-            c, rows, tiles, uz_prev, uz, h, dt_sum, (dt_s.index(0), du_s.index(0)), (dt_s.index(1), du_s.index(1)), sums_s.index(1),
-            sums_s.index(0), (B_s.index(0), C_s.index(0)), (B_s.index(1), C_s.index(1)), ptrs, *sizes, EVERY, SAVE_PRE, HAS_D, HAS_Z, SOFTPLUS, PAIRS)
-        rows, tiles, uz_prev, uz, h, dt_sum = _forward_step(
-            c + 1, rows, tiles, uz_prev, uz, h, dt_sum, (dt_s.index(1), du_s.index(1)), (dt_s.index(0), du_s.index(0)), sums_s.index(0),
-            sums_s.index(1), (B_s.index(1), C_s.index(1)), (B_s.index(0), C_s.index(0)), ptrs, *sizes, EVERY, SAVE_PRE, HAS_D, HAS_Z, SOFTPLUS, PAIRS)
+        rows, tiles, uz_prev, uz, h, dt_sum = _forward_step(c, rows, tiles, uz_prev, uz, h, dt_sum, even, odd, ptrs,
+                                                            *sizes, EVERY, SAVE_PRE, HAS_D, HAS_Z, SOFTPLUS, PAIRS)
+        rows, tiles, uz_prev, uz, h, dt_sum = _forward_step(c + 1, rows, tiles, uz_prev, uz, h, dt_sum, odd, even,
+                                                            ptrs, *sizes, EVERY, SAVE_PRE, HAS_D, HAS_Z, SOFTPLUS,
+                                                            PAIRS)
     _forward_output(sums_s.index(1), uz_prev, gl.cdiv(n_chunks, 2) * 2 - 1, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE,
                     HAS_D, HAS_Z)
     gl.store(final_ptr + states, h)
