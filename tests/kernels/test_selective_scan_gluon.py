@@ -147,6 +147,7 @@ def test_the_forward_matches_the_reference_and_the_triton_forward(batch, d, leng
     args = [x[k] for k in NAMES]
     for initial_state, backward_follows in [(None, False), (torch.randn(batch, d, 16, device=DEVICE), True)]:
         monkeypatch.setattr(kernels, "GLUON", True)
+        calls.clear()
         got = kernels._forward(*args, True, initial_state, backward_follows)
         assert calls, "the Gluon forward did not run"
         monkeypatch.setattr(kernels, "GLUON", False)
