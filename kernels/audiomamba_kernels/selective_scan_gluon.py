@@ -33,8 +33,9 @@ at a time, in one warp:
 The plain-Triton passes lay time across lanes, and many of their instructions go to the scans'
 shuffles: 42 a state element in the gradients pass against 27 here, 18.5 in the forward against
 14 (``kernels/sass_count.py``). Measured on an H200 (BENCHMARKS.md, "Selective-scan kernels,
-sessions 33 and 34"): at the outer stage (B=16, D=128, L=16000), the forward 0.53 ms against
-0.55, and fwd+bwd 2.23 ms against 2.41 with both Triton passes.
+sessions 33 and 34"): at the outer stage (B=16, D=128, L=16000), the forward 0.50 ms against the
+Triton forward's 0.55; fwd+bwd 2.22 ms against 2.27 with the Triton forward, 2.41 with both
+passes in Triton.
 
 Gluon kernels do not run under the Triton interpreter. So CI compiles them for sm_90
 (``compile_for_hopper``), and the GPU tests check their numbers against the reference and the
