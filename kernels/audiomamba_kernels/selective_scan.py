@@ -155,7 +155,7 @@ def _channel_inputs(delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, pre_ptr, A_ptr, s
     g = tl.load(gy_ptr + row + t, mask=mask, other=0.0).to(tl.float32) if GY else zero_t
     pre = tl.load(pre_ptr + row + t, mask=mask, other=0.0).to(tl.float32) if PRE else zero_t
     A = tl.load(A_ptr + d * N + n, mask=n_ok & d_ok, other=0.0).to(tl.float32)
-    state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
+    state_offsets = ((b * n_ch + d) * n_chunks + c) * N + n
     h0 = tl.load(state_ptr + state_offsets, mask=n_ok & d_ok, other=0.0) if STATE else zero_n
     carry = tl.load(carry_ptr + state_offsets, mask=n_ok & d_ok, other=0.0) if CARRY else zero_n
     return raw, bias, u, zz, g, pre, A, h0, carry
@@ -188,7 +188,7 @@ def _scan_chunks(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         dt = _delta(raw, bias, mask, HAS_BIAS, SOFTPLUS)
         A2 = A * LOG2E
         drive = (dt * u)[None, :] * B_tile
-        state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
+        state_offsets = ((b * n_ch + d) * n_chunks + c) * N + n
         if OUTPUT:
             a = tl.exp2(dt[None, :] * A2[:, None])
             h = _chunk_states(a, drive, h0, T)
@@ -279,7 +279,7 @@ def _sequence_chunk(raw, u, gate, A2, bias, D, B_tile, C_tile, h, y_ptr, pre_ptr
     t = c * T + tl.arange(0, T)
     mask = (t < L) & d_ok
     dt = _delta(raw, bias, mask, HAS_BIAS, SOFTPLUS)
-    tl.store(incoming_ptr + (ch * N + n) * n_saved + c * SPLIT, h, mask=n_ok & d_ok)
+    tl.store(incoming_ptr + (ch * n_saved + c * SPLIT) * N + n, h, mask=n_ok & d_ok)
     a = tl.exp2(dt[None, :] * A2[:, None])
     h_all = _chunk_states(a, (dt * u)[None, :] * B_tile, h, T)
     if SPLIT == 1:
@@ -290,7 +290,7 @@ def _sequence_chunk(raw, u, gate, A2, bias, D, B_tile, C_tile, h, y_ptr, pre_ptr
         tl.store(dt_sum_ptr + ch * n_saved + 2 * c, tl.sum(tl.where(early, dt, 0.0), axis=0), mask=d_ok)
         tl.store(dt_sum_ptr + ch * n_saved + 2 * c + 1, tl.sum(tl.where(early, 0.0, dt), axis=0), mask=later_ok)
         middle = tl.sum(tl.where((tl.arange(0, T) == T // 2 - 1)[None, :], h_all, 0.0), axis=1)
-        tl.store(incoming_ptr + (ch * N + n) * n_saved + 2 * c + 1, middle, mask=n_ok & later_ok)
+        tl.store(incoming_ptr + (ch * n_saved + 2 * c + 1) * N + n, middle, mask=n_ok & later_ok)
     y = tl.sum(C_tile * h_all, axis=0)
     if HAS_D:
         y += D * u
@@ -361,22 +361,22 @@ def _pass_chunks(A_ptr, chunk_ptr, dt_sum_ptr, carry_in_ptr, init_ptr, final_ptr
     n_ok = n < N
     row = b * n_ch + d
     A = tl.load(A_ptr + d * N + n, mask=n_ok, other=0.0).to(tl.float32)
-    base = (row * N + n) * n_chunks
+    base = row * n_chunks * N + n  # chunk c's state of this row: base + c * N
     if HAS_INIT:
         carry = tl.load(init_ptr + row * N + n, mask=n_ok, other=0.0).to(tl.float32)
     else:
         carry = tl.zeros([N_PAD], dtype=tl.float32)
-    tl.store(carry_in_ptr + base + (n_chunks - 1 if REVERSE else 0), carry, mask=n_ok)
+    tl.store(carry_in_ptr + base + (n_chunks - 1 if REVERSE else 0) * N, carry, mask=n_ok)
     for k0 in range(0, n_chunks, K):
         j = k0 + tl.arange(0, K)  # places in the order of the pass
         ok = j < n_chunks
         c = n_chunks - 1 - j if REVERSE else j  # the chunk at each place
         dt_sum = tl.load(dt_sum_ptr + row * n_chunks + c, mask=ok, other=0.0)  # 0 past the end: a = 1, adds 0
-        chunk = tl.load(chunk_ptr + base[:, None] + c[None, :], mask=n_ok[:, None] & ok[None, :], other=0.0)
+        chunk = tl.load(chunk_ptr + base[:, None] + c[None, :] * N, mask=n_ok[:, None] & ok[None, :], other=0.0)
         decay, carry_out = tl.associative_scan((tl.exp(A[:, None] * dt_sum[None, :]), chunk), 1, _combine)
         carry_out = carry_out + decay * carry[:, None]
         following = c - 1 if REVERSE else c + 1  # the chunk whose carry_in this is
-        tl.store(carry_in_ptr + base[:, None] + following[None, :], carry_out,
+        tl.store(carry_in_ptr + base[:, None] + following[None, :] * N, carry_out,
                  mask=n_ok[:, None] & (j + 1 < n_chunks)[None, :])
         carry = tl.sum(tl.where((j == k0 + K - 1)[None, :], carry_out, 0.0), axis=1)
     tl.store(final_ptr + row * N + n, carry, mask=n_ok)
@@ -421,7 +421,7 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         d, d_ok, mask, row = _channel(blk, i, b, n_ch, L, t_ok, BLOCK)
         dt = _delta(raw, bias, mask, HAS_BIAS, SOFTPLUS)
         A2 = A * LOG2E
-        state_offsets = ((b * n_ch + d) * N + n) * n_chunks + c
+        state_offsets = ((b * n_ch + d) * n_chunks + c) * N + n
         gy = g
         if HAS_Z:
             sig = tl.sigmoid(zz)
@@ -546,7 +546,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_
     every = _backward_chunk(u, m, save_pre)  # samples between the states saved for the backward
     saved = triton.cdiv(m["L"], every)
     dt_sum = torch.empty(m["batch"], m["n_ch"], saved, **f32)
-    incoming = torch.empty(m["batch"], m["n_ch"], m["N"], saved, **f32)
+    incoming = torch.empty(m["batch"], m["n_ch"], saved, m["N"], **f32)
     final = torch.empty(m["batch"], m["n_ch"], m["N"], **f32)
     y = torch.empty_like(u)
     save_pre = save_pre and z is not None
@@ -608,10 +608,10 @@ def _gluon():
 
 def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_sum, pre):
     (u, delta, A, B, C, D, z, bias), m = _prepare(u, delta, A, B, C, D, z, delta_bias)
-    if incoming.shape[-1] != m["n_chunks"]:  # the forward saved its states every half chunk
+    if incoming.shape[-2] != m["n_chunks"]:  # the forward saved its states every half chunk
         m = _chunked(m, m["T"] // 2)
-        if incoming.shape[-1] != m["n_chunks"]:
-            raise ValueError(f"the scan's backward got {incoming.shape[-1]} saved states for length {m['L']}")
+        if incoming.shape[-2] != m["n_chunks"]:
+            raise ValueError(f"the scan's backward got {incoming.shape[-2]} saved states for length {m['L']}")
     if z is not None and pre.shape != u.shape:
         raise ValueError("the scan's backward with z needs the output before the gate, saved by the forward")
     A, gy = A.float(), gy.contiguous()
@@ -677,7 +677,7 @@ def _scan_shapes(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, s
     f32 = dict(device=u.device, dtype=torch.float32)
     pre_shape = u.shape if save_pre and z is not None else (0,)
     return (torch.empty(u.shape, dtype=u.dtype, device=u.device), torch.empty(batch, n_ch, N, **f32),
-            torch.empty(batch, n_ch, N, n_chunks, **f32), torch.empty(batch, n_ch, n_chunks, **f32),
+            torch.empty(batch, n_ch, n_chunks, N, **f32), torch.empty(batch, n_ch, n_chunks, **f32),
             torch.empty(pre_shape, dtype=u.dtype, device=u.device))
 
 
@@ -698,7 +698,7 @@ def _scan_backward_shapes(gy, u, delta, A, B, C, D, z, delta_bias, softplus, inc
     def like(x, dtype=torch.float32):
         return torch.empty(x.shape, dtype=dtype, device=u.device) if x is not None else u.new_empty(0)
     return (like(u, u.dtype), like(delta, delta.dtype), like(A), like(B), like(C), like(D),
-            like(z, z.dtype if z is not None else None), like(delta_bias), like(incoming[..., 0]))
+            like(z, z.dtype if z is not None else None), like(delta_bias), like(incoming[..., 0, :]))
 
 
 def _scan_setup_context(ctx, inputs, output):

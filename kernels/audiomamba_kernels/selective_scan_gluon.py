@@ -133,10 +133,11 @@ def _flip(x, CH: gl.constexpr, N: gl.constexpr, T: gl.constexpr, BITS: gl.conste
 
 @gluon.jit
 def _pair_inputs(delta_ptr, u_ptr, z_ptr, gy_ptr, pre_ptr, A_ptr, incoming_ptr, carry_in_ptr, rows, t_ok, next_ok,
-                 a_rows, states, c, n_chunks, HAS_Z: gl.constexpr):
+                 a_rows, saved, HAS_Z: gl.constexpr):
     """A channel pair's inputs, loaded a pair ahead of their use: its rows at offsets ``rows``
     (CH, T) as stored (raw delta, raw delta one time later, u, the output gradient, z and the output
-    before the gate), and its A, the chunk's incoming state and carried adjoint (CH, N)."""
+    before the gate), and its A, the chunk's incoming state and carried adjoint (CH, N) at offsets
+    ``saved``."""
     raw = gl.load(delta_ptr + rows, mask=t_ok, other=0.0)
     raw_next = gl.load(delta_ptr + rows + 1, mask=next_ok, other=0.0)
     u = gl.load(u_ptr + rows, mask=t_ok, other=0.0)
@@ -146,8 +147,8 @@ def _pair_inputs(delta_ptr, u_ptr, z_ptr, gy_ptr, pre_ptr, A_ptr, incoming_ptr, 
         zz = gl.load(z_ptr + rows, mask=t_ok, other=0.0)
         pre = gl.load(pre_ptr + rows, mask=t_ok, other=0.0)
     A = gl.load(A_ptr + a_rows)
-    h0 = gl.load(incoming_ptr + states * n_chunks + c)
-    carry = gl.load(carry_in_ptr + states * n_chunks + c)
+    h0 = gl.load(incoming_ptr + saved)
+    carry = gl.load(carry_in_ptr + saved)
     return raw, raw_next, u, g, zz, pre, A, h0, carry
 
 
@@ -192,16 +193,17 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     acc_C = gl.zeros([CH, N, T], gl.float32, L3)
     rows0 = (b * n_ch + d0 + ch_s[:, None]) * L + t0 + t_s[None, :]
     a_rows0 = (d0 + ch_cn[:, None]) * N + n_cn[None, :]
-    states0 = (b * n_ch + d0 + ch_cn[:, None]) * N + n_cn[None, :]  # (batch row, channel, state) of pair 0
+    # pair 0's (CH, N) states of this chunk in the saved (batch, channel, chunk, state) tensors
+    saved0 = ((b * n_ch + d0 + ch_cn[:, None]) * n_chunks + c) * N + n_cn[None, :]
     inputs = (delta_ptr, u_ptr, z_ptr, gy_ptr, pre_ptr, A_ptr, incoming_ptr, carry_in_ptr)
-    nxt = _pair_inputs(*inputs, rows0, t_ok, next_ok, a_rows0, states0, c, n_chunks, HAS_Z)
+    nxt = _pair_inputs(*inputs, rows0, t_ok, next_ok, a_rows0, saved0, HAS_Z)
     for i in range(PAIRS):
         d = d0 + i * CH
         rows = rows0 + i * CH * L
         raw, raw_next, u, g, zz, pre, A, h0, carry = nxt
         if i + 1 < PAIRS:  # the next pair's inputs load while this pair runs
             nxt = _pair_inputs(*inputs, rows + CH * L, t_ok, next_ok, a_rows0 + (i + 1) * CH * N,
-                               states0 + (i + 1) * CH * N, c, n_chunks, HAS_Z)
+                               saved0 + (i + 1) * CH * n_chunks * N, HAS_Z)
         A2 = A * LOG2E
         # Per (channel, time), spread over the warp: delta (0 past the end), delta one time later (0 at
         # the chunk's last time, where the carried adjoint comes in), delta u, and the gradient before the gate
@@ -347,14 +349,14 @@ def _forward_deltas(rows, c, L, bias, dt_sum, rows_buf, dt_sum_ptr, sums_at, n_c
 
 
 @gluon.jit
-def _forward_states(rows_buf, tiles_buf, A2, h, sums_buf, c, n_chunks, incoming_ptr, states, n_saved,
+def _forward_states(rows_buf, tiles_buf, A2, h, sums_buf, c, n_chunks, incoming_ptr, saved0,
                     EVERY: gl.constexpr, PAIRS: gl.constexpr):
     """Phase 2 of chunk c: its states, forwards in each thread from its incoming state h (CH, N)
     (written every EVERY chunks), times C into ``sums_buf`` (CH, N, T); returns the state after it.
     Its B and C tiles come from ``tiles_buf`` (two buffers, as loaded)."""
     layout: gl.constexpr = L_PAIRS if PAIRS else L_NT
     B, C = tiles_buf[0].load(layout), tiles_buf[1].load(layout)
-    gl.store(incoming_ptr + states * n_saved + c // EVERY, h, mask=(c % EVERY == 0) & (c < n_chunks) & (states >= 0))
+    gl.store(incoming_ptr + saved0 + c // EVERY * N_, h, mask=(c % EVERY == 0) & (c < n_chunks) & (saved0 >= 0))
     a = gl.exp2(rows_buf[0].load(L_CT)[:, None, :] * A2[:, :, None])
     drive = rows_buf[1].load(L_CT)[:, None, :] * _tile(B, PAIRS)[None, :, :]
     first = (gl.arange(0, T_, layout=gl.SliceLayout(0, L_CT)) == 0)[None, None, :]
@@ -384,7 +386,7 @@ def _forward_output(sums_buf, uz, c, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE: gl.c
 
 @gluon.jit
 def _forward_step(c, rows_next, tiles_later, uz_prev, uz, h, dt_sum, buffers, other_buffers, ptrs, rows0, b, L,
-                  n_chunks, n_saved, states, sums_at, A2, bias, D, EVERY: gl.constexpr, SAVE_PRE: gl.constexpr,
+                  n_chunks, saved0, sums_at, A2, bias, D, EVERY: gl.constexpr, SAVE_PRE: gl.constexpr,
                   HAS_D: gl.constexpr, HAS_Z: gl.constexpr, SOFTPLUS: gl.constexpr, PAIRS: gl.constexpr):
     """One step of the software pipeline: chunk c+1's tiles into shared memory and its phase 1,
     chunk c-1's phase 3 and chunk c's phase 2, with no barrier between them, so that their
@@ -402,8 +404,8 @@ def _forward_step(c, rows_next, tiles_later, uz_prev, uz, h, dt_sum, buffers, ot
     dt_sum = _forward_deltas(rows_next, c + 1, L, bias, dt_sum, rows_next_buf, dt_sum_ptr, sums_at, n_chunks,
                              EVERY, SOFTPLUS)
     _forward_output(sums_prev_buf, uz_prev, c - 1, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE, HAS_D, HAS_Z)
-    h = _forward_states(rows_now_buf, tiles_now_buf, A2, h, sums_now_buf, c, n_chunks, incoming_ptr, states, n_saved,
-                        EVERY, PAIRS)
+    h = _forward_states(rows_now_buf, tiles_now_buf, A2, h, sums_now_buf, c, n_chunks, incoming_ptr, saved0, EVERY,
+                        PAIRS)
     gl.thread_barrier()
     return rows_after, tiles_after, uz, (rows_next[1], rows_next[2]), h, dt_sum
 
@@ -440,6 +442,8 @@ def _scan_forward(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     n_cn = gl.arange(0, N_, layout=gl.SliceLayout(0, L_CN))
     rows0 = (b * n_ch + d + ch_s[:, None]) * L + gl.arange(0, T_, layout=gl.SliceLayout(0, L_SPREAD))[None, :]
     states = (b * n_ch + d + ch_cn[:, None]) * N_ + n_cn[None, :]  # (CH, N): (batch row, channel, state)
+    # the same in the saved (batch, channel, chunk, state) tensor, at chunk 0
+    saved0 = (b * n_ch + d + ch_cn[:, None]) * n_saved * N_ + n_cn[None, :]
     sums_at = (b * n_ch + d + ch_s) * n_saved
     A2 = gl.load(A_ptr + (d + ch_cn[:, None]) * N_ + n_cn[None, :]) * LOG2E
     if HAS_INIT:
@@ -453,7 +457,7 @@ def _scan_forward(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     if HAS_D:
         D = gl.load(D_ptr + d + ch_s)[:, None]
     ptrs = (u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, y_ptr, pre_ptr, incoming_ptr, dt_sum_ptr)
-    sizes = (rows0, b, L, n_chunks, n_saved, states, sums_at, A2, bias, D)
+    sizes = (rows0, b, L, n_chunks, saved0, sums_at, A2, bias, D)
     # The pipeline's start: chunk 0's tiles into shared memory and its phase 1, chunk 1's rows and tiles
     tiles = _forward_tiles(B_ptr, C_ptr, b, 0, L, PAIRS)
     B_s.index(0).store(tiles[0])

@@ -73,7 +73,7 @@ def test_the_forward_saves_its_states_every_half_chunk_where_the_backward_asks(m
             v.requires_grad_(True)
     y, final, saved, _, _ = kernels._scan(*(x[k] for k in NAMES), True, None, True)
     y_ref, final_ref = selective_scan_ref(**x, delta_softplus=True, return_last_state=True)
-    assert saved.shape[-1] == -(-x["u"].shape[-1] // (kernels._meta(x["u"], x["A"])["T"] // 2))
+    assert saved.shape[-2] == -(-x["u"].shape[-1] // (kernels._meta(x["u"], x["A"])["T"] // 2))
     assert rel_err(y, y_ref) <= 1e-4 and rel_err(final, final_ref) <= 1e-4
     grads = torch.autograd.grad(y, [x[k] for k in NAMES], torch.ones_like(y))
     grads_ref = torch.autograd.grad(y_ref, [x[k] for k in NAMES], torch.ones_like(y_ref))
