@@ -77,7 +77,7 @@ def _tool(name: str) -> str:
 
 def loop_profile(cubin: bytes, inner_iterations: int = 1) -> dict:
     """Registers and stack bytes (where registers spill) per thread of a cubin, and the opcodes of
-    its loop's body: the instructions from the target of the last backward branch to that branch,
+    its loop's body: the instructions from the target of the widest backward branch to that branch,
     those of the loops inside it counted ``inner_iterations`` times (``inner_loops``: how many)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
@@ -91,7 +91,8 @@ def loop_profile(cubin: bytes, inner_iterations: int = 1) -> dict:
         target = re.search(r"BRA\s.*?0x([0-9a-f]+)", text)
         if target and int(target.group(1), 16) < address:
             loops.append((addresses.index(int(target.group(1), 16)), i))
-    first, last = loops[-1] if loops else (0, -1)
+    # the largest: the main loop (an mbarrier's wait retries out of line, in loops that branch back into it)
+    first, last = max(loops, key=lambda span: span[1] - span[0]) if loops else (0, -1)
     inner = [(a, b) for a, b in loops if first < a and b < last]
     opcodes = Counter()
     for i in range(first, last + 1):

@@ -36,17 +36,21 @@ def kernel_module(name: str, what: str):
         return None
 
 
-def compile_for_sm90(kernel, constexprs: dict, bf16: set, options: dict):
+def compile_for_sm90(kernel, constexprs: dict, bf16: set, options: dict, descriptors: dict | None = None):
     """Gluon ``kernel`` compiled for sm_90 on any machine (Triton ships the toolchain), for tests and
     instruction counts: the pointers named in ``bf16`` to bf16, the other pointers to fp32, all
-    16-byte aligned; ``eps`` an fp32 scalar and the other arguments i32."""
+    16-byte aligned; ``descriptors`` names TMA descriptor arguments (dtype as Triton spells it,
+    block shape, shared layout); ``eps`` an fp32 scalar and the other arguments i32."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     signature, attrs = {}, {}
     for index, name in enumerate(kernel.arg_names):
-        if name.endswith("_ptr"):
+        if descriptors and name in descriptors:
+            dtype, block, layout = descriptors[name]
+            signature[name] = f"tensordesc<{dtype}{list(block)},{layout!r}>"
+        elif name.endswith("_ptr"):
             signature[name] = "*bf16" if name in bf16 else "*fp32"
             attrs[(index,)] = [["tt.divisibility", 16]]
         elif name in constexprs:

@@ -558,7 +558,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_
     if m["N_PAD"] <= SEQUENTIAL_MAX_STATES:
         pairs = (B.dtype == C.dtype == torch.bfloat16 and m["L"] % 2 == 0
                  and B.data_ptr() % 4 == 0 and C.data_ptr() % 4 == 0)
-        if GLUON and gluon_dispatch.may_run(u) and _gluon_forward_fits(u, m, every):
+        if GLUON and gluon_dispatch.may_run(u) and _gluon_forward_fits(u, B, C, m, every):
             _gluon().forward(args, (y, pre if save_pre else y, init, incoming, dt_sum, final),
                              (m["batch"], m["n_ch"], m["L_UNITS"]), every,
                              dict(L_ALIGN=m["L_ALIGN"], SAVE_PRE=save_pre, HAS_INIT=initial_state is not None,
@@ -594,11 +594,11 @@ def _gluon_fits(u, m, tiles) -> bool:
     return gluon is not None and gluon.fits(u, m["N"], m["T"], m["n_ch"], tiles["BLOCK"], tiles["GROUPS"])
 
 
-def _gluon_forward_fits(u, m, every: int) -> bool:
+def _gluon_forward_fits(u, B, C, m, every: int) -> bool:
     """Whether the Gluon forward (``selective_scan_gluon``) can take this scan, saving its states
     every ``every`` samples, on this machine."""
     gluon = _gluon() if gluon_dispatch.can_run(u) else None
-    return gluon is not None and gluon.forward_fits(u, m["N"], m["n_ch"], every)
+    return gluon is not None and gluon.forward_fits(u, B, C, m["n_ch"], every)
 
 
 def _gluon():

@@ -48,6 +48,8 @@ import functools
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from audiomamba_kernels import gluon_dispatch
 
@@ -56,6 +58,7 @@ CHUNK = 32  # times a thread holds: the backward's chunk (the forward saves its 
 N_ = gl.constexpr(N_STATES)  # the same two, for the kernels
 T_ = gl.constexpr(CHUNK)
 FORWARD_REGISTERS = 144  # the forward's registers a thread at most (the compiler took 160: BENCHMARKS.md, session 34)
+TILE_TYPES = {torch.bfloat16: gl.bfloat16, torch.float32: gl.float32, torch.int32: gl.int32}
 LOG2E = gl.constexpr(1.4426950408889634)
 LN2 = gl.constexpr(0.6931471805599453)
 # The layouts of one warp's (CH = 2 channels, N states, T times) tiles: lane (channel, state) holds T times
@@ -81,12 +84,15 @@ def fits(u: torch.Tensor, n_state: int, chunk: int, channels: int, block: int, g
             and u.numel() < 2**31 and _hopper(u.device.index))
 
 
-def forward_fits(u: torch.Tensor, n_state: int, channels: int, every: int) -> bool:
-    """Whether the forward kernel takes a scan of rows u with ``n_state`` states over ``channels``,
-    saving its states every ``every`` samples: on a Hopper GPU (the caller has checked CUDA
-    outside the interpreter), 16 states, an even number of channels, and ``every`` a multiple of
-    ``CHUNK``."""
-    return (n_state == N_STATES and channels % 2 == 0 and every % CHUNK == 0 and u.numel() < 2**31
+def forward_fits(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor, channels: int, every: int) -> bool:
+    """Whether the forward kernel takes a scan of rows u with B and C (batch, states, length) over
+    ``channels``, saving its states every ``every`` samples: on a Hopper GPU (the caller has checked
+    CUDA outside the interpreter), 16 states, an even number of channels, ``every`` a multiple of
+    ``CHUNK``, and B and C as the TMA unit reads them (16-byte aligned, rows of a multiple of 16
+    bytes: a length that is a multiple of 8 in bf16, of 4 in fp32)."""
+    tma_ok = all(x.is_contiguous() and x.data_ptr() % 16 == 0 and x.shape[-1] * x.element_size() % 16 == 0
+                 and x.dtype in TILE_TYPES for x in (B, C))
+    return (B.shape[1] == N_STATES and channels % 2 == 0 and every % CHUNK == 0 and u.numel() < 2**31 and tma_ok
             and _hopper(u.device.index))
 
 
@@ -300,23 +306,14 @@ def _forward_rows(delta_ptr, u_ptr, z_ptr, rows0, c, L, HAS_Z: gl.constexpr):
 
 
 @gluon.jit
-def _forward_tiles(B_ptr, C_ptr, b, c, L, PAIRS: gl.constexpr):
-    """Chunk c's B and C tiles of batch row b, as stored: (N, T), or with ``PAIRS`` (N, T / 2) bf16
-    pairs read as int32 (L even); zeros past the end. Loaded in 16-byte pieces along time: a warp's
-    load then touches 8 or 16 rows' lines. (In the state lanes' layout, each of its four loads
-    touched all 16 rows, and the L1's tag lookups bound the kernel.)"""
-    TP: gl.constexpr = T_ // 2 if PAIRS else T_
-    if PAIRS:
-        B_ptr = B_ptr.to(gl.pointer_type(gl.int32), bitcast=True)
-        C_ptr = C_ptr.to(gl.pointer_type(gl.int32), bitcast=True)
-    VEC: gl.constexpr = 16 // (B_ptr.dtype.element_ty.primitive_bitwidth // 8)
-    layout: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // (TP // VEC), TP // VEC], [1, 1], [1, 0])
-    LP = L * TP // T_
-    n = gl.arange(0, N_, layout=gl.SliceLayout(1, layout))
-    t = c * TP + gl.arange(0, TP, layout=gl.SliceLayout(0, layout))
-    at = (b * N_ + n[:, None]) * LP + t[None, :]
-    ok = (t < LP)[None, :] & (n >= 0)[:, None]
-    return gl.load(B_ptr + at, mask=ok, other=0), gl.load(C_ptr + at, mask=ok, other=0)
+def _forward_tiles(B_desc, C_desc, b, c, bar, tiles_buf):
+    """Chunk c's B and C tiles of batch row b into ``tiles_buf`` by the TMA unit, ``bar`` counting
+    their bytes: (N, T), or (N, T / 2) bf16 pairs as int32. Zeros past the end. (Loaded by the
+    warp, in the state lanes' layout each load touched 16 rows' lines and the L1's tag lookups bound
+    the kernel; loaded along time they still took a quarter of its L1 work.)"""
+    mbarrier.expect(bar, B_desc.block_type.nbytes + C_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(B_desc, [b * N_, c * B_desc.block_type.shape[1]], bar, tiles_buf[0])
+    tma.async_copy_global_to_shared(C_desc, [b * N_, c * C_desc.block_type.shape[1]], bar, tiles_buf[1])
 
 
 @gluon.jit
@@ -349,12 +346,14 @@ def _forward_deltas(rows, c, L, bias, dt_sum, rows_buf, dt_sum_ptr, sums_at, n_c
 
 
 @gluon.jit
-def _forward_states(rows_buf, tiles_buf, A2, h, sums_buf, c, n_chunks, incoming_ptr, saved0,
+def _forward_states(rows_buf, tiles_buf, bar, A2, h, sums_buf, c, n_chunks, incoming_ptr, saved0,
                     EVERY: gl.constexpr, PAIRS: gl.constexpr):
     """Phase 2 of chunk c: its states, forwards in each thread from its incoming state h (CH, N)
     (written every EVERY chunks), times C into ``sums_buf`` (CH, N, T); returns the state after it.
-    Its B and C tiles come from ``tiles_buf`` (two buffers, as loaded)."""
+    Its B and C tiles come from ``tiles_buf`` (two buffers, as loaded) when ``bar`` says they are
+    there."""
     layout: gl.constexpr = L_PAIRS if PAIRS else L_NT
+    mbarrier.wait(bar, c // 2 & 1)  # chunk c is the (c // 2)-th load into its buffer
     B, C = tiles_buf[0].load(layout), tiles_buf[1].load(layout)
     gl.store(incoming_ptr + saved0 + c // EVERY * N_, h, mask=(c % EVERY == 0) & (c < n_chunks) & (saved0 >= 0))
     a = gl.exp2(rows_buf[0].load(L_CT)[:, None, :] * A2[:, :, None])
@@ -385,38 +384,40 @@ def _forward_output(sums_buf, uz, c, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE: gl.c
 
 
 @gluon.jit
-def _forward_step(c, rows_next, tiles_later, uz_prev, uz, h, dt_sum, buffers, other_buffers, ptrs, rows0, b, L,
-                  n_chunks, saved0, sums_at, A2, bias, D, EVERY: gl.constexpr, SAVE_PRE: gl.constexpr,
-                  HAS_D: gl.constexpr, HAS_Z: gl.constexpr, SOFTPLUS: gl.constexpr, PAIRS: gl.constexpr):
-    """One step of the software pipeline: chunk c+1's tiles into shared memory and its phase 1,
-    chunk c-1's phase 3 and chunk c's phase 2, with no barrier between them, so that their
-    instructions interleave; then one barrier. Chunk c's phases use ``buffers`` (its rows, sums
-    and tiles in shared memory), chunks c-1's and c+1's ``other_buffers``. Takes chunk c+1's rows
-    and tiles (loaded a step before), u and z of chunks c-1 and c; returns the same for the next
-    step, loading chunk c+2's."""
-    u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, y_ptr, pre_ptr, incoming_ptr, dt_sum_ptr = ptrs
-    rows_now_buf, sums_now_buf, tiles_now_buf = buffers
-    rows_next_buf, sums_prev_buf, tiles_next_buf = other_buffers
+def _forward_step(c, rows_next, uz_prev, uz, h, dt_sum, buffers, other_buffers, ptrs, rows0, b, L, n_chunks, saved0,
+                  sums_at, A2, bias, D, EVERY: gl.constexpr, SAVE_PRE: gl.constexpr, HAS_D: gl.constexpr,
+                  HAS_Z: gl.constexpr, SOFTPLUS: gl.constexpr, PAIRS: gl.constexpr):
+    """One step of the software pipeline: chunk c+1's tiles sent for and its phase 1, chunk c-1's
+    phase 3 and chunk c's phase 2, with no barrier between them, so that their instructions
+    interleave; then one barrier. Chunk c's phases use ``buffers`` (its rows, sums and tiles in
+    shared memory, and the tiles' mbarrier), chunks c-1's and c+1's ``other_buffers``. Takes chunk
+    c+1's rows (loaded a step before), u and z of chunks c-1 and c; returns the same for the next
+    step, loading chunk c+2's rows."""
+    u_ptr, delta_ptr, B_desc, C_desc, z_ptr, y_ptr, pre_ptr, incoming_ptr, dt_sum_ptr = ptrs
+    rows_now_buf, sums_now_buf, tiles_now_buf, bar = buffers
+    rows_next_buf, sums_prev_buf, tiles_next_buf, next_bar = other_buffers
     rows_after = _forward_rows(delta_ptr, u_ptr, z_ptr, rows0, c + 2, L, HAS_Z)
-    tiles_after = _forward_tiles(B_ptr, C_ptr, b, c + 2, L, PAIRS)
-    tiles_next_buf[0].store(tiles_later[0])
-    tiles_next_buf[1].store(tiles_later[1])
+    # The tiles' buffer was last read by chunk c-1's phase 2, before the last barrier
+    fence_async_shared()
+    _forward_tiles(B_desc, C_desc, b, c + 1, next_bar, tiles_next_buf)
     dt_sum = _forward_deltas(rows_next, c + 1, L, bias, dt_sum, rows_next_buf, dt_sum_ptr, sums_at, n_chunks,
                              EVERY, SOFTPLUS)
     _forward_output(sums_prev_buf, uz_prev, c - 1, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE, HAS_D, HAS_Z)
-    h = _forward_states(rows_now_buf, tiles_now_buf, A2, h, sums_now_buf, c, n_chunks, incoming_ptr, saved0, EVERY,
-                        PAIRS)
+    h = _forward_states(rows_now_buf, tiles_now_buf, bar, A2, h, sums_now_buf, c, n_chunks, incoming_ptr, saved0,
+                        EVERY, PAIRS)
     gl.thread_barrier()
-    return rows_after, tiles_after, uz, (rows_next[1], rows_next[2]), h, dt_sum
+    return rows_after, uz, (rows_next[1], rows_next[2]), h, dt_sum
 
 
 @gluon.jit
-def _scan_forward(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, pre_ptr,
+def _scan_forward(u_ptr, delta_ptr, A_ptr, B_desc, C_desc, D_ptr, z_ptr, bias_ptr, y_ptr, pre_ptr,
                   init_ptr, incoming_ptr, dt_sum_ptr, final_ptr, n_ch, L_UNITS,
                   L_ALIGN: gl.constexpr, EVERY: gl.constexpr, SAVE_PRE: gl.constexpr, HAS_INIT: gl.constexpr,
                   HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
                   PAIRS: gl.constexpr):
-    """The forward for channels (d, d + 1) of batch row b, one warp: see the module's docstring."""
+    """The forward for channels (d, d + 1) of batch row b, one warp: see the module's docstring.
+    B_desc and C_desc: TMA descriptors of B and C as (batch * N, L) (bf16 pairs as int32 with
+    PAIRS), (N, T) blocks."""
     CH: gl.constexpr = 2
     b = gl.program_id(0)
     d = gl.program_id(1) * CH
@@ -424,19 +425,16 @@ def _scan_forward(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     n_chunks = gl.cdiv(L, T_)
     n_saved = gl.cdiv(n_chunks, EVERY)
     # Each chunk's values go through shared memory twice: delta and delta u from the spread layout to
-    # the state lanes, C h from the state lanes to the sums over the states. Two buffers of each, so
-    # that consecutive chunks' phases need no barrier between them.
+    # the state lanes, C h from the state lanes to the sums over the states. Two buffers of each, and
+    # of B's and C's tiles, so that consecutive chunks' phases need no barrier between them.
     dt_s = gl.allocate_shared_memory(gl.float32, [2, CH, T_], FLAT)  # [buffer] dt
     du_s = gl.allocate_shared_memory(gl.float32, [2, CH, T_], FLAT)  # [buffer] dt u
     sums_s = gl.allocate_shared_memory(gl.float32, [2, CH, N_, T_], SWZ)  # [buffer] C h
-    # B and C as loaded, XOR-swizzled in 16-byte pieces so that 8 rows' reads take one wavefront
-    TP: gl.constexpr = T_ // 2 if PAIRS else T_
-    tile_ty: gl.constexpr = gl.int32 if PAIRS else B_ptr.dtype.element_ty
-    VEC: gl.constexpr = 16 // (tile_ty.primitive_bitwidth // 8)
-    ROW_BYTES: gl.constexpr = TP * (tile_ty.primitive_bitwidth // 8)
-    TILE_SMEM: gl.constexpr = gl.SwizzledSharedLayout(VEC, max(1, 128 // ROW_BYTES), TP // VEC, [1, 0])
-    B_s = gl.allocate_shared_memory(tile_ty, [2, N_, TP], TILE_SMEM)
-    C_s = gl.allocate_shared_memory(tile_ty, [2, N_, TP], TILE_SMEM)
+    B_s = gl.allocate_shared_memory(B_desc.dtype, [2] + B_desc.block_type.shape, B_desc.layout)
+    C_s = gl.allocate_shared_memory(C_desc.dtype, [2] + C_desc.block_type.shape, C_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(bars.index(0), count=1)
+    mbarrier.init(bars.index(1), count=1)
     ch_s = gl.arange(0, CH, layout=gl.SliceLayout(1, L_SPREAD))
     ch_cn = gl.arange(0, CH, layout=gl.SliceLayout(1, L_CN))
     n_cn = gl.arange(0, N_, layout=gl.SliceLayout(0, L_CN))
@@ -456,34 +454,32 @@ def _scan_forward(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     D = 0.0
     if HAS_D:
         D = gl.load(D_ptr + d + ch_s)[:, None]
-    ptrs = (u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, y_ptr, pre_ptr, incoming_ptr, dt_sum_ptr)
+    ptrs = (u_ptr, delta_ptr, B_desc, C_desc, z_ptr, y_ptr, pre_ptr, incoming_ptr, dt_sum_ptr)
     sizes = (rows0, b, L, n_chunks, saved0, sums_at, A2, bias, D)
-    # The pipeline's start: chunk 0's tiles into shared memory and its phase 1, chunk 1's rows and tiles
-    tiles = _forward_tiles(B_ptr, C_ptr, b, 0, L, PAIRS)
-    B_s.index(0).store(tiles[0])
-    C_s.index(0).store(tiles[1])
+    even = ((dt_s.index(0), du_s.index(0)), sums_s.index(0), (B_s.index(0), C_s.index(0)), bars.index(0))
+    odd = ((dt_s.index(1), du_s.index(1)), sums_s.index(1), (B_s.index(1), C_s.index(1)), bars.index(1))
+    # The pipeline's start: chunk 0's tiles sent for and its phase 1, chunk 1's rows
+    _forward_tiles(B_desc, C_desc, b, 0, bars.index(0), even[2])
     rows = _forward_rows(delta_ptr, u_ptr, z_ptr, rows0, 0, L, HAS_Z)
-    dt_sum = _forward_deltas(rows, 0, L, bias, gl.zeros([CH], gl.float32, gl.SliceLayout(1, L_SPREAD)),
-                             (dt_s.index(0), du_s.index(0)), dt_sum_ptr, sums_at, n_chunks, EVERY,
-                             SOFTPLUS)
+    dt_sum = _forward_deltas(rows, 0, L, bias, gl.zeros([CH], gl.float32, gl.SliceLayout(1, L_SPREAD)), even[0],
+                             dt_sum_ptr, sums_at, n_chunks, EVERY, SOFTPLUS)
     uz = (rows[1], rows[2])
     uz_prev = uz  # chunk -1's phase 3 writes nothing
     rows = _forward_rows(delta_ptr, u_ptr, z_ptr, rows0, 1, L, HAS_Z)
-    tiles = _forward_tiles(B_ptr, C_ptr, b, 1, L, PAIRS)
     gl.thread_barrier()
     # Two steps a loop (the buffers alternate, and the loads' registers carry over the loop's edge as
     # they are), to an even number of chunks: one past the end is all masked
-    even = ((dt_s.index(0), du_s.index(0)), sums_s.index(0), (B_s.index(0), C_s.index(0)))
-    odd = ((dt_s.index(1), du_s.index(1)), sums_s.index(1), (B_s.index(1), C_s.index(1)))
-    for c in range(0, gl.cdiv(n_chunks, 2) * 2, 2):
-        rows, tiles, uz_prev, uz, h, dt_sum = _forward_step(c, rows, tiles, uz_prev, uz, h, dt_sum, even, odd, ptrs,
-                                                            *sizes, EVERY, SAVE_PRE, HAS_D, HAS_Z, SOFTPLUS, PAIRS)
-        rows, tiles, uz_prev, uz, h, dt_sum = _forward_step(c + 1, rows, tiles, uz_prev, uz, h, dt_sum, odd, even,
-                                                            ptrs, *sizes, EVERY, SAVE_PRE, HAS_D, HAS_Z, SOFTPLUS,
-                                                            PAIRS)
-    _forward_output(sums_s.index(1), uz_prev, gl.cdiv(n_chunks, 2) * 2 - 1, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE,
-                    HAS_D, HAS_Z)
+    steps = gl.cdiv(n_chunks, 2) * 2
+    for c in range(0, steps, 2):
+        rows, uz_prev, uz, h, dt_sum = _forward_step(c, rows, uz_prev, uz, h, dt_sum, even, odd, ptrs, *sizes, EVERY,
+                                                     SAVE_PRE, HAS_D, HAS_Z, SOFTPLUS, PAIRS)
+        rows, uz_prev, uz, h, dt_sum = _forward_step(c + 1, rows, uz_prev, uz, h, dt_sum, odd, even, ptrs, *sizes,
+                                                     EVERY, SAVE_PRE, HAS_D, HAS_Z, SOFTPLUS, PAIRS)
+    _forward_output(sums_s.index(1), uz_prev, steps - 1, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE, HAS_D, HAS_Z)
     gl.store(final_ptr + states, h)
+    mbarrier.wait(bars.index(0), steps // 2 & 1)  # the last step sent for chunk `steps`' tiles (all zeros)
+    mbarrier.invalidate(bars.index(0))
+    mbarrier.invalidate(bars.index(1))
 
 
 def forward(args, outputs, sizes, every: int, flags: dict) -> None:
@@ -491,10 +487,22 @@ def forward(args, outputs, sizes, every: int, flags: dict) -> None:
     C, D, z, bias), ``outputs`` (y, y before the gate, the initial state, the saved incoming states,
     the delta sums, the final state), ``sizes`` (batch, channels, length in units of ``L_ALIGN``),
     with a state saved every ``every`` samples (a multiple of ``CHUNK``), and ``flags`` (L_ALIGN,
-    SAVE_PRE, HAS_INIT, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, PAIRS)."""
+    SAVE_PRE, HAS_INIT, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, PAIRS). ``forward_fits`` has passed."""
     batch, n_ch, L_UNITS = sizes
-    _scan_forward[(batch, n_ch // 2)](*args, *outputs, n_ch, L_UNITS, EVERY=every // CHUNK, **_forward_options(),
-                                      **flags)
+    u, delta, A, B, C, *rest = args
+    B_desc, C_desc = (_tile_descriptor(x, flags["PAIRS"]) for x in (B, C))
+    _scan_forward[(batch, n_ch // 2)](u, delta, A, B_desc, C_desc, *rest, *outputs, n_ch, L_UNITS,
+                                      EVERY=every // CHUNK, **_forward_options(), **flags)
+
+
+def _tile_descriptor(x: torch.Tensor, pairs: bool) -> TensorDescriptor:
+    """A TMA descriptor of B or C (batch, N, L) as (batch * N, L) in (N, CHUNK) blocks, or with
+    ``pairs`` of bf16 (batch * N, L / 2) int32 in (N, CHUNK / 2) blocks."""
+    if pairs:
+        x = x.view(torch.int32)
+    x = x.view(-1, x.shape[-1])
+    block = [N_STATES, CHUNK // 2 if pairs else CHUNK]
+    return TensorDescriptor.from_tensor(x, block, gl.NVMMASharedLayout.get_default_for(block, TILE_TYPES[x.dtype]))
 
 
 def _forward_options() -> dict:
@@ -522,5 +530,8 @@ def compile_for_hopper(kernel: str = "gradients", block: int = 64):
     flags = dict(L_ALIGN=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
     if kernel == "forward":
         constexprs = dict(flags, EVERY=1, SAVE_PRE=True, HAS_INIT=False, PAIRS=True)
-        return gluon_dispatch.compile_for_sm90(_scan_forward, constexprs, rows, _forward_options())
+        block = [N_STATES, CHUNK // 2]
+        tiles = ("i32", block, gl.NVMMASharedLayout.get_default_for(block, gl.int32))
+        return gluon_dispatch.compile_for_sm90(_scan_forward, constexprs, rows, _forward_options(),
+                                               dict(B_desc=tiles, C_desc=tiles))
     return gluon_dispatch.compile_for_sm90(_scan_chunks_grads, dict(flags, BLOCK=block), rows, dict(num_warps=1))
