@@ -659,7 +659,13 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
 # inputs come back as empty tensors. Eager code runs the same functions as a plain autograd Function
 # (``_eager_scan``, see eager_function.py).
 
-@torch.library.custom_op("audiomamba::selective_scan", mutates_args=())
+# torch.compile's on-disk cache (torch 2.11) keys a graph by its operators' names, not by the shapes
+# their fake kernels give (pytorch/pytorch#160472). So a change to what an operator returns bumps
+# OPS_VERSION, in its name; else a warm cache would replay code compiled for the old shapes.
+OPS_VERSION = 2  # 2: the saved states laid out (batch, channel, chunk, state)
+
+
+@torch.library.custom_op(f"audiomamba::selective_scan_v{OPS_VERSION}", mutates_args=())
 def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
           D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], softplus: bool,
           initial_state: Optional[torch.Tensor], save_pre: bool
@@ -681,7 +687,7 @@ def _scan_shapes(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, s
             torch.empty(pre_shape, dtype=u.dtype, device=u.device))
 
 
-@torch.library.custom_op("audiomamba::selective_scan_backward", mutates_args=())
+@torch.library.custom_op(f"audiomamba::selective_scan_backward_v{OPS_VERSION}", mutates_args=())
 def _scan_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                    delta_bias: Optional[torch.Tensor], softplus: bool, incoming: torch.Tensor,
