@@ -13,9 +13,10 @@ state carried in registers: h[t] = a[t] h[t-1] + dt[t] u[t] B[t]. It writes y (a
 gate), and every 32 or 64 samples the incoming state and delta sum for the backward. Each chunk
 goes through three phases (its deltas; its states; its output), and a step of the loop runs chunk
 c+1's first, chunk c-1's last and chunk c's second with no barrier between them, on two buffers
-of shared memory. B and C load along time in 16-byte pieces and reach the state lanes through
-shared memory as well: read directly in the state lanes' layout, each of a warp's loads touched 16
-rows, and the L1's tag lookups bound the kernel (0.86 ms at the outer stage against 0.53).
+of shared memory. The TMA unit copies B's and C's tiles into shared memory a chunk ahead, and the
+state lanes read them there: read directly in the state lanes' layout, each of a warp's loads
+touched 16 rows, and the L1's tag lookups bound the kernel (0.86 ms at the outer stage against
+0.53; 0.41 by the TMA unit).
 
 **The gradients pass** (``_scan_chunks_grads``; same contract as ``selective_scan._scan_chunks_bwd``
 with GRADS=True and one group of states, at chunks of ``CHUNK`` = 32): from each chunk's incoming
@@ -33,9 +34,9 @@ at a time, in one warp:
 The plain-Triton passes lay time across lanes, and many of their instructions go to the scans'
 shuffles: 42 a state element in the gradients pass against 27 here, 18.5 in the forward against
 14 (``kernels/sass_count.py``). Measured on an H200 (BENCHMARKS.md, "Selective-scan kernels,
-sessions 33 and 34"): at the outer stage (B=16, D=128, L=16000), the forward 0.50 ms against the
-Triton forward's 0.55; fwd+bwd 2.22 ms against 2.27 with the Triton forward, 2.41 with both
-passes in Triton.
+sessions 33 to 35"): at the outer stage (B=16, D=128, L=16000), the forward 0.41 ms against the
+Triton forward's 0.55; fwd+bwd 1.91 ms against 2.27 with the Triton forward, 2.41 with both
+passes in Triton (sessions 33 and 34, before the saved states' layout changed).
 
 Gluon kernels do not run under the Triton interpreter. So CI compiles them for sm_90
 (``compile_for_hopper``), and the GPU tests check their numbers against the reference and the
@@ -57,7 +58,7 @@ N_STATES = 16  # the states it is written for: 2 channels x 16 states fill a war
 CHUNK = 32  # times a thread holds: the backward's chunk (the forward saves its states this often)
 N_ = gl.constexpr(N_STATES)  # the same two, for the kernels
 T_ = gl.constexpr(CHUNK)
-FORWARD_REGISTERS = 144  # the forward's registers a thread at most (the compiler took 160: BENCHMARKS.md, session 34)
+FORWARD_REGISTERS = 144  # the forward's registers a thread at most: ptxas then takes 113, 142 without it (session 35)
 TILE_TYPES = {torch.bfloat16: gl.bfloat16, torch.float32: gl.float32, torch.int32: gl.int32}
 LOG2E = gl.constexpr(1.4426950408889634)
 LN2 = gl.constexpr(0.6931471805599453)
@@ -501,8 +502,14 @@ def _tile_descriptor(x: torch.Tensor, pairs: bool) -> TensorDescriptor:
     if pairs:
         x = x.view(torch.int32)
     x = x.view(-1, x.shape[-1])
-    block = [N_STATES, CHUNK // 2 if pairs else CHUNK]
-    return TensorDescriptor.from_tensor(x, block, gl.NVMMASharedLayout.get_default_for(block, TILE_TYPES[x.dtype]))
+    block = (N_STATES, CHUNK // 2 if pairs else CHUNK)
+    return TensorDescriptor.from_tensor(x, list(block), _tile_layout(block, x.dtype))
+
+
+@functools.cache
+def _tile_layout(block: tuple[int, int], dtype: torch.dtype) -> gl.NVMMASharedLayout:
+    """The shared-memory layout of a tile; cached, as its making took half a descriptor's 20 us."""
+    return gl.NVMMASharedLayout.get_default_for(list(block), TILE_TYPES[dtype])
 
 
 def _forward_options() -> dict:
@@ -530,8 +537,8 @@ def compile_for_hopper(kernel: str = "gradients", block: int = 64):
     flags = dict(L_ALIGN=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
     if kernel == "forward":
         constexprs = dict(flags, EVERY=1, SAVE_PRE=True, HAS_INIT=False, PAIRS=True)
-        block = [N_STATES, CHUNK // 2]
-        tiles = ("i32", block, gl.NVMMASharedLayout.get_default_for(block, gl.int32))
+        block = (N_STATES, CHUNK // 2)
+        tiles = ("i32", block, _tile_layout(block, torch.int32))
         return gluon_dispatch.compile_for_sm90(_scan_forward, constexprs, rows, _forward_options(),
                                                dict(B_desc=tiles, C_desc=tiles))
     return gluon_dispatch.compile_for_sm90(_scan_chunks_grads, dict(flags, BLOCK=block), rows, dict(num_warps=1))
