@@ -191,14 +191,15 @@ def main() -> None:
 
 def print_gluon(batch: int, n_ch: int, L: int, issue_rate: float, arch: int) -> None:
     """The Gluon passes that replace the Triton ones on Hopper GPUs at 16 states
-    (``selective_scan_gluon``): one warp a program; one iteration of the gradients pass's loop is
-    one channel pair over one chunk of 32, of the forward's two chunks."""
+    (``selective_scan_gluon``): one warp a program; one iteration of the backward's loops is one
+    channel pair over one chunk of 32, of the forward's two chunks."""
     if arch != 90:
         return
     print("\n| pass | warps | registers | stack bytes | loop instructions (spill loads and stores) "
           "| per element of the tile | FMUL / FFMA / MUFU per element | issue bound, ms |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, kernel, chunks in [("forward, Gluon, one pass", "forward", 2),
+                                 (f"backward: adjoint handed back, Gluon, chunks of {ssg.CHUNK}", "handed", 1),
                                  (f"backward: gradients, Gluon, chunks of {ssg.CHUNK}", "gradients", 1)]:
         profile = loop_profile(ssg.compile_for_hopper(kernel, block=min(ss.BLOCK_D, n_ch)).asm["cubin"])
         ops, count = profile["opcodes"], sum(profile["opcodes"].values())

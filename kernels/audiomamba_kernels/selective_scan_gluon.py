@@ -1,5 +1,5 @@
-"""The selective scan's forward and its gradients pass in Gluon for Hopper GPUs, time inside each
-thread (16 states).
+"""The selective scan's forward and its backward's two chunk passes in Gluon for Hopper GPUs, time
+inside each thread (16 states).
 
 Lane (channel, state) of a warp's 2 x 16 holds its state's 32 times in registers (32 is what fits
 the gradients pass in 255 registers), so the recurrences run inside each thread, one FMA a time.
@@ -30,6 +30,10 @@ at a time, in one warp:
   reversed in registers (``_flip``: splits and joins, which only rename registers), scanned forward
   and reversed back. Triton's own reverse scan ran shuffles across the warp instead (547 in the
   kernel against 72).
+
+**The adjoint handed back** (``_scan_chunks_handed``; same contract as ``_scan_chunks_bwd`` with
+GRADS=False), the backward's first pass, on the gradients pass's grid and layout: per (channel,
+state) of a chunk, the sum over its times of exp(A cumsum(dt)[t]) C[t] gy[t], inside each thread.
 
 The plain-Triton passes lay time across lanes, and many of their instructions go to the scans'
 shuffles: 42 a state element in the gradients pass against 27 here, 18.5 in the forward against
@@ -281,6 +285,80 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
 
 
 @gluon.jit
+def _add(a, b):
+    return a + b
+
+
+@gluon.jit
+def _handed_inputs(delta_ptr, gy_ptr, z_ptr, rows, t_ok, HAS_Z: gl.constexpr):
+    """A channel pair's rows at offsets ``rows`` (CH, T) as stored: raw delta, the output gradient
+    and z (the gradient again without z)."""
+    raw = gl.load(delta_ptr + rows, mask=t_ok, other=0.0)
+    g = gl.load(gy_ptr + rows, mask=t_ok, other=0.0)
+    zz = g
+    if HAS_Z:
+        zz = gl.load(z_ptr + rows, mask=t_ok, other=0.0)
+    return raw, g, zz
+
+
+@gluon.jit
+def _scan_chunks_handed(delta_ptr, bias_ptr, A_ptr, C_ptr, z_ptr, gy_ptr, first_ptr, n_ch, L_UNITS, n_chunks,
+                        L_ALIGN: gl.constexpr, BLOCK: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
+                        SOFTPLUS: gl.constexpr):
+    """The adjoint each chunk hands back to the chunk before it, with none carried in: per (channel,
+    state), the sum over the chunk's times t of exp(A cumsum(dt)[t]) C[t] gy[t], gy the output's
+    gradient before the gate (``selective_scan._scan_chunks_bwd`` with GRADS=False, into the same
+    (batch, channel, chunk, state) tensor). ``_scan_chunks_grads``'s grid: a program takes one
+    chunk of one batch row and a block of channels, two at a time."""
+    CH: gl.constexpr = 2
+    PAIRS: gl.constexpr = BLOCK // CH
+    c = gl.program_id(0)
+    b = gl.program_id(1)
+    blk = gl.program_id(2)
+    L = L_UNITS * L_ALIGN  # the length, known to be a multiple of L_ALIGN: rows load in vectors
+    rows_s = gl.allocate_shared_memory(gl.float32, [2, CH, T_], FLAT)  # cumsum(dt), gy
+
+    ch_s = gl.arange(0, CH, layout=gl.SliceLayout(1, L_SPREAD))
+    t_s = gl.arange(0, T_, layout=gl.SliceLayout(0, L_SPREAD))
+    ch_cn = gl.arange(0, CH, layout=gl.SliceLayout(1, L_CN))
+    n_cn = gl.arange(0, N_, layout=gl.SliceLayout(0, L_CN))
+    n_nt = gl.arange(0, N_, layout=gl.SliceLayout(1, L_NT))
+    t_nt = gl.arange(0, T_, layout=gl.SliceLayout(0, L_NT))
+    d0 = blk * BLOCK
+    t0 = c * T_
+    t_ok = (t0 + t_s < L)[None, :] & (ch_s >= 0)[:, None]
+    # C's tile, each state lane reading its state's row (once a program; 0 past the end)
+    c_off = (b * N_ + n_nt[:, None]) * L + t0 + t_nt[None, :]
+    c_ok = (t0 + t_nt < L)[None, :] & (n_nt >= 0)[:, None]
+    C_tile = gl.load(C_ptr + c_off, mask=c_ok, other=0.0).to(gl.float32)[None, :, :]
+    rows0 = (b * n_ch + d0 + ch_s[:, None]) * L + t0 + t_s[None, :]
+    a_rows0 = (d0 + ch_cn[:, None]) * N_ + n_cn[None, :]
+    saved0 = ((b * n_ch + d0 + ch_cn[:, None]) * n_chunks + c) * N_ + n_cn[None, :]
+    nxt = _handed_inputs(delta_ptr, gy_ptr, z_ptr, rows0, t_ok, HAS_Z)
+    for i in range(PAIRS):
+        raw, g, zz = nxt
+        if i + 1 < PAIRS:  # the next pair's rows load while this pair runs
+            nxt = _handed_inputs(delta_ptr, gy_ptr, z_ptr, rows0 + (i + 1) * CH * L, t_ok, HAS_Z)
+        bias = 0.0
+        if HAS_BIAS:
+            bias = gl.load(bias_ptr + d0 + i * CH + ch_s)[:, None]
+        dt, _x = _delta(raw, bias, t_ok, SOFTPLUS)  # 0 past the end
+        gy = g.to(gl.float32)
+        if HAS_Z:
+            zz = zz.to(gl.float32)
+            gy = gy * zz * _sigmoid(zz)
+        cum = gl.associative_scan(dt, 1, _add)
+        gl.thread_barrier()  # the last pair's reads of rows_s are done
+        rows_s.index(0).store(cum)
+        rows_s.index(1).store(gy)
+        gl.thread_barrier()
+        A2 = gl.load(A_ptr + a_rows0 + i * CH * N_) * LOG2E
+        decay = gl.exp2(rows_s.index(0).load(L_CT)[:, None, :] * A2[:, :, None])
+        handed = gl.sum(decay * (C_tile * rows_s.index(1).load(L_CT)[:, None, :]), 2)
+        gl.store(first_ptr + saved0 + i * CH * n_chunks * N_, handed)
+
+
+@gluon.jit
 def _take_last(a, b):
     """A reduction's combine that keeps the later value: along a thread's times, the last time."""
     return b
@@ -517,6 +595,16 @@ def _forward_options() -> dict:
     return dict(num_warps=1, maxnreg=FORWARD_REGISTERS) if FORWARD_REGISTERS else dict(num_warps=1)
 
 
+def handed_back(grid, args, sizes, tiles: dict, flags: dict) -> None:
+    """Launch the backward's first pass (``_scan_chunks_handed``) with the arguments, sizes, tiles
+    and flags that ``gradients`` takes; it writes the ``first`` of them."""
+    u, delta, A, B, C, D, z, bias, gy, pre, incoming, first, *_grads = args
+    n_ch, L_UNITS, _n_state, n_chunks = sizes
+    _scan_chunks_handed[grid](delta, bias, A, C, z, gy, first, n_ch, L_UNITS, n_chunks, L_ALIGN=tiles["L_ALIGN"],
+                              BLOCK=tiles["BLOCK"], HAS_Z=flags["HAS_Z"], HAS_BIAS=flags["HAS_BIAS"],
+                              SOFTPLUS=flags["SOFTPLUS"], num_warps=1)
+
+
 def gradients(grid, args, sizes, tiles: dict, flags: dict) -> None:
     """Launch the pass with ``_scan_chunks_bwd``'s grid, arguments (its ``first`` included, unread),
     sizes (channels, length in units of ``tiles["L_ALIGN"]``, states, chunks), tiles and flags."""
@@ -529,7 +617,7 @@ def gradients(grid, args, sizes, tiles: dict, flags: dict) -> None:
 
 
 def compile_for_hopper(kernel: str = "gradients", block: int = 64):
-    """A kernel ("gradients" or "forward") compiled for sm_90 (any machine; Triton ships the
+    """A kernel ("gradients", "handed" or "forward") compiled for sm_90 (any machine; Triton ships the
     toolchain) as the Mamba block calls it in training, bf16 rows and B and C read as pairs: its
     SASS is in ``asm["cubin"]`` (``kernels/sass_count.py`` reads it)."""
     rows = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "gy_ptr", "y_ptr", "pre_ptr", "gu_ptr", "gdelta_ptr",
@@ -541,4 +629,7 @@ def compile_for_hopper(kernel: str = "gradients", block: int = 64):
         tiles = ("i32", block, _tile_layout(block, torch.int32))
         return gluon_dispatch.compile_for_sm90(_scan_forward, constexprs, rows, _forward_options(),
                                                dict(B_desc=tiles, C_desc=tiles))
+    if kernel == "handed":
+        flags.pop("HAS_D")
+        return gluon_dispatch.compile_for_sm90(_scan_chunks_handed, dict(flags, BLOCK=block), rows, dict(num_warps=1))
     return gluon_dispatch.compile_for_sm90(_scan_chunks_grads, dict(flags, BLOCK=block), rows, dict(num_warps=1))
