@@ -9,14 +9,14 @@ each thread adding the 16 states of 2 times. ``forward_fits`` and ``fits`` say w
 
 **The forward** (``_scan_forward``; same contract as ``selective_scan._scan_sequential``): a
 program takes ``FORWARD_WARPS`` channel pairs of one batch row, a warp each, and runs all their
-chunks of 32 in time order, the state carried in registers: h[t] = a[t] h[t-1] + dt[t] u[t] B[t]. It writes y (and y before the
-gate), and every 32 or 64 samples the incoming state and delta sum for the backward. Each chunk
-goes through three phases (its deltas; its states; its output), and a step of the loop runs chunk
-c+1's first, chunk c-1's last and chunk c's second with no barrier between them, on two buffers
-of shared memory. The TMA unit copies B's and C's tiles into shared memory a chunk ahead, once for
-the program's warps, and the state lanes read them there: read directly in the state lanes' layout, each of a warp's loads
-touched 16 rows, and the L1's tag lookups bound the kernel (0.86 ms at the outer stage against
-0.53; 0.41 by the TMA unit).
+chunks of 32 in time order, the state carried in registers: h[t] = a[t] h[t-1] + dt[t] u[t] B[t].
+It writes y (and y before the gate), and every 32 or 64 samples the incoming state and delta sum
+for the backward. Each chunk goes through three phases (its deltas; its states; its output), and a
+step of the loop runs chunk c+1's first, chunk c-1's last and chunk c's second with no barrier
+between them, on two buffers of shared memory. The TMA unit copies B's and C's tiles into shared
+memory a chunk ahead, once for the program's warps, and the state lanes read them there: read
+directly in the state lanes' layout, each of a warp's loads touched 16 rows, and the L1's tag
+lookups bound the kernel (0.86 ms at the outer stage against 0.53; 0.41 by the TMA unit).
 
 **The gradients pass** (``_scan_chunks_grads``; same contract as ``selective_scan._scan_chunks_bwd``
 with GRADS=True and one group of states, at chunks of ``CHUNK`` = 32): from each chunk's incoming
@@ -103,8 +103,8 @@ def forward_fits(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor, channels: in
     bytes: a length that is a multiple of 8 in bf16, of 4 in fp32)."""
     tma_ok = all(x.is_contiguous() and x.data_ptr() % 16 == 0 and x.shape[-1] * x.element_size() % 16 == 0
                  and x.dtype in TILE_TYPES for x in (B, C))
-    return (B.shape[1] == N_STATES and channels % (2 * FORWARD_WARPS) == 0 and every % CHUNK == 0 and u.numel() < 2**31 and tma_ok
-            and _hopper(u.device.index))
+    return (B.shape[1] == N_STATES and channels % (2 * FORWARD_WARPS) == 0 and every % CHUNK == 0
+            and u.numel() < 2**31 and tma_ok and _hopper(u.device.index))
 
 
 @functools.cache

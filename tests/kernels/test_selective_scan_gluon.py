@@ -130,8 +130,9 @@ def test_bf16_gradients_match_the_reference_and_the_triton_pass(options, monkeyp
 def test_the_forward_matches_the_reference_and_the_triton_forward(batch, d, length, dtype, options, monkeypatch):
     """Lengths that end inside a chunk of 32 (200, 1000, 4008) and one that does not (96, an odd
     number of chunks); lengths the TMA unit cannot read (7, 4001, 1) and channels in no whole
-    program of 8 (2, 4): the Triton forward runs there; an initial state or none; every output the scan returns, with the states saved every 32 samples (a
-    backward follows) and every 64 (none does)."""
+    program of 8 (2, 4): the Triton forward runs there; an initial state or none; every output the
+    scan returns, with the states saved every 32 samples (a backward follows) and every 64 (none
+    does)."""
     calls = []
     real = kernels._gluon().forward
     monkeypatch.setattr(kernels._gluon(), "forward", lambda *a: calls.append(1) or real(*a))
