@@ -57,11 +57,12 @@ def test_it_takes_16_states_in_chunks_of_32_over_whole_blocks_of_an_even_number_
     assert not gluon.fits(u, n_state=16, chunk=32, channels=64, block=64, groups=2)
 
 
-def test_the_forward_takes_16_states_over_an_even_number_of_channels_saving_states_every_32_or_64():
+def test_the_forward_takes_16_states_over_channels_in_groups_of_8_saving_states_every_32_or_64():
     u = torch.empty(1, 64, 96)
     B = torch.empty(1, 16, 96, dtype=torch.bfloat16)
     assert not gluon.forward_fits(u, torch.empty(1, 64, 96), torch.empty(1, 64, 96), channels=64, every=64)
     assert not gluon.forward_fits(u, B, B, channels=63, every=64)
+    assert not gluon.forward_fits(u, B, B, channels=6, every=64)  # 4 channel pairs a program
     assert not gluon.forward_fits(u, B, B, channels=64, every=16)
 
 
@@ -124,15 +125,16 @@ def test_bf16_gradients_match_the_reference_and_the_triton_pass(options, monkeyp
 
 
 @on_hopper
-@pytest.mark.parametrize("batch, d, length", [(2, 64, 200), (1, 128, 1000), (2, 8, 4008), (3, 6, 96), (1, 2, 8),
+@pytest.mark.parametrize("batch, d, length", [(2, 64, 200), (1, 128, 1000), (2, 8, 4008), (3, 24, 96), (1, 2, 8),
                                               (1, 4, 7), (2, 8, 4001), (1, 4, 1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("options", [(True, True, True), (False, False, False)])
 def test_the_forward_matches_the_reference_and_the_triton_forward(batch, d, length, dtype, options, monkeypatch):
-    """Lengths that end inside a chunk of 32 (200, 1000, 4008, 8) and one that does not (96, an odd
-    number of chunks); lengths the TMA unit cannot read (7, 4001, 1: the Triton forward runs); an
-    initial state or none; every output the scan returns, with the states saved every 32 samples (a
-    backward follows) and every 64 (none does)."""
+    """Lengths that end inside a chunk of 32 (200, 1000, 4008) and one that does not (96, an odd
+    number of chunks); lengths the TMA unit cannot read (7, 4001, 1) and channels in no whole
+    program of 8 (2, 4): the Triton forward runs there; an initial state or none; every output the
+    scan returns, with the states saved every 32 samples (a backward follows) and every 64 (none
+    does)."""
     calls = []
     real = kernels._gluon().forward
     monkeypatch.setattr(kernels._gluon(), "forward", lambda *a: calls.append(1) or real(*a))
@@ -142,7 +144,8 @@ def test_the_forward_matches_the_reference_and_the_triton_forward(batch, d, leng
         monkeypatch.setattr(kernels, "GLUON", True)
         calls.clear()
         got = kernels._forward(*args, True, initial_state, backward_follows)
-        assert bool(calls) == (length % 8 == 0), "the Gluon forward runs where the TMA unit reads B and C"
+        fits = length % 8 == 0 and d % (2 * gluon.FORWARD_WARPS) == 0
+        assert bool(calls) == fits, "the Gluon forward runs where the TMA unit reads B and C, on whole programs"
         monkeypatch.setattr(kernels, "GLUON", False)
         triton_forward = kernels._forward(*args, True, initial_state, backward_follows)
         reference = {k: v.float() if v is not None and v.dtype == torch.bfloat16 else v for k, v in x.items()}
