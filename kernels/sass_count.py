@@ -191,20 +191,23 @@ def main() -> None:
 
 def print_gluon(batch: int, n_ch: int, L: int, issue_rate: float, arch: int) -> None:
     """The Gluon passes that replace the Triton ones on Hopper GPUs at 16 states
-    (``selective_scan_gluon``): one warp a program; one iteration of the gradients pass's loop is
-    one channel pair over one chunk of 32, of the forward's two chunks."""
+    (``selective_scan_gluon``): a warp a channel pair (``FORWARD_WARPS`` of them a forward program,
+    one a backward program); one iteration of a warp's loop in the backward's passes is its pair
+    over one chunk of 32, in the forward over two chunks."""
     if arch != 90:
         return
     print("\n| pass | warps | registers | stack bytes | loop instructions (spill loads and stores) "
           "| per element of the tile | FMUL / FFMA / MUFU per element | issue bound, ms |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, kernel, chunks in [("forward, Gluon, one pass", "forward", 2),
-                                 (f"backward: gradients, Gluon, chunks of {ssg.CHUNK}", "gradients", 1)]:
+    at_chunks = f"chunks of {ssg.CHUNK}"
+    for name, kernel, chunks, warps in [("forward, Gluon, one pass", "forward", 2, ssg.FORWARD_WARPS),
+                                        (f"backward: adjoint handed back, Gluon, {at_chunks}", "handed", 1, 1),
+                                        (f"backward: gradients, Gluon, {at_chunks}", "gradients", 1, 1)]:
         profile = loop_profile(ssg.compile_for_hopper(kernel, block=min(ss.BLOCK_D, n_ch)).asm["cubin"])
         ops, count = profile["opcodes"], sum(profile["opcodes"].values())
         per_thread = chunks * 2 * ssg.CHUNK * ssg.N_STATES / 32
         bound_ms = count / chunks * batch * (n_ch // 2) * -(-L // ssg.CHUNK) / issue_rate * 1e3
-        print(f"| {name} | 1 | {profile['registers']} | {profile['stack']} | {count} ({ops['LDL'] + ops['STL']}) "
+        print(f"| {name} | {warps} | {profile['registers']} | {profile['stack']} | {count} ({ops['LDL'] + ops['STL']}) "
               f"| {count / per_thread:.1f} | {ops['FMUL'] / per_thread:.1f} / {ops['FFMA'] / per_thread:.1f} / "
               f"{ops['MUFU'] / per_thread:.1f} | {bound_ms:.3f} |")
 

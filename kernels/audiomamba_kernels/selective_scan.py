@@ -71,7 +71,7 @@ LOOP_UNROLL = 1  # unroll factor of that loop
 # Measured (BENCHMARKS.md, "Selective-scan kernels, session 30"): up to 16 states the forward is
 # one pass in time order (_scan_sequential), 14-19% faster on H200; 64 states run faster chunked.
 SEQUENTIAL_MAX_STATES = 16
-GLUON = True  # the Gluon forward and gradients pass where they fit (tests and benchmarks turn them off to compare)
+GLUON = True  # the Gluon forward and backward passes where they fit (tests and benchmarks turn them off to compare)
 PASS_CHUNKS = 32  # chunks that _pass_chunks scans at a time (an (n, PASS_CHUNKS) tile; 32-128 time the same on H100)
 # Measured (BENCHMARKS.md, "Generation, session 24"): from these batches the SSM step runs x_proj and
 # dt_proj first, 16 rows a program, then the update; bf16 projections of fewer than 512 channels
@@ -582,8 +582,8 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_
 
 
 def _gluon_gradients(u, m, tiles) -> bool:
-    """Whether the Gluon kernel takes this backward's gradients pass, at chunks of ``m["T"]``: where
-    it fits, unless switched off (``AUDIOMAMBA_GLUON=0``, GLUON)."""
+    """Whether the Gluon kernels take this backward's two chunk passes (the adjoint handed back, the
+    gradients), at chunks of ``m["T"]``: where they fit, unless switched off (``AUDIOMAMBA_GLUON=0``, GLUON)."""
     return GLUON and gluon_dispatch.may_run(u) and _gluon_fits(u, m, tiles)
 
 
@@ -639,10 +639,14 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
             gA, gB, gC, gD, gbias)
     sizes = (m["n_ch"], m["L_UNITS"], m["N"], m["n_chunks"])
     common = dict(tiles, **flags)
-    _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
+    gluon = _gluon_gradients(u, m, tiles)
+    if gluon:
+        _gluon().handed_back(grid, args, sizes, tiles, flags)
+    else:
+        _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
     _pass_chunks[(m["batch"], m["n_ch"])](A, first, dt_sum, carry_in, g_init, g_init, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=True, HAS_INIT=False, K=PASS_CHUNKS)
-    if _gluon_gradients(u, m, tiles):
+    if gluon:
         _gluon().gradients(grid, args, sizes, tiles, flags)  # the same grid and partial sums
     else:
         _scan_chunks_bwd[grid](*args, *sizes, GRADS=True, **common)

@@ -1,5 +1,5 @@
-"""The selective scan's forward and its gradients pass in Gluon for Hopper GPUs, time inside each
-thread (16 states).
+"""The selective scan's forward and its backward's two chunk passes in Gluon for Hopper GPUs, time
+inside each thread (16 states).
 
 Lane (channel, state) of a warp's 2 x 16 holds its state's 32 times in registers (32 is what fits
 the gradients pass in 255 registers), so the recurrences run inside each thread, one FMA a time.
@@ -8,15 +8,15 @@ and reach the 16 state lanes through shared memory; sums over the states go back
 each thread adding the 16 states of 2 times. ``forward_fits`` and ``fits`` say where they run.
 
 **The forward** (``_scan_forward``; same contract as ``selective_scan._scan_sequential``): a
-program takes two channels of one batch row and runs all their chunks of 32 in time order, the
-state carried in registers: h[t] = a[t] h[t-1] + dt[t] u[t] B[t]. It writes y (and y before the
-gate), and every 32 or 64 samples the incoming state and delta sum for the backward. Each chunk
-goes through three phases (its deltas; its states; its output), and a step of the loop runs chunk
-c+1's first, chunk c-1's last and chunk c's second with no barrier between them, on two buffers
-of shared memory. The TMA unit copies B's and C's tiles into shared memory a chunk ahead, and the
-state lanes read them there: read directly in the state lanes' layout, each of a warp's loads
-touched 16 rows, and the L1's tag lookups bound the kernel (0.86 ms at the outer stage against
-0.53; 0.41 by the TMA unit).
+program takes ``FORWARD_WARPS`` channel pairs of one batch row, a warp each, and runs all their
+chunks of 32 in time order, the state carried in registers: h[t] = a[t] h[t-1] + dt[t] u[t] B[t].
+It writes y (and y before the gate), and every 32 or 64 samples the incoming state and delta sum
+for the backward. Each chunk goes through three phases (its deltas; its states; its output), and a
+step of the loop runs chunk c+1's first, chunk c-1's last and chunk c's second with no barrier
+between them, on two buffers of shared memory. The TMA unit copies B's and C's tiles into shared
+memory a chunk ahead, once for the program's warps, and the state lanes read them there: read
+directly in the state lanes' layout, each of a warp's loads touched 16 rows, and the L1's tag
+lookups bound the kernel (0.86 ms at the outer stage against 0.53; 0.41 by the TMA unit).
 
 **The gradients pass** (``_scan_chunks_grads``; same contract as ``selective_scan._scan_chunks_bwd``
 with GRADS=True and one group of states, at chunks of ``CHUNK`` = 32): from each chunk's incoming
@@ -30,6 +30,10 @@ at a time, in one warp:
   reversed in registers (``_flip``: splits and joins, which only rename registers), scanned forward
   and reversed back. Triton's own reverse scan ran shuffles across the warp instead (547 in the
   kernel against 72).
+
+**The adjoint handed back** (``_scan_chunks_handed``; same contract as ``_scan_chunks_bwd`` with
+GRADS=False), the backward's first pass, on the gradients pass's grid and layout: per (channel,
+state) of a chunk, the sum over its times of exp(A cumsum(dt)[t]) C[t] gy[t], inside each thread.
 
 The plain-Triton passes lay time across lanes, and many of their instructions go to the scans'
 shuffles: 42 a state element in the gradients pass against 27 here, 18.5 in the forward against
@@ -62,16 +66,28 @@ FORWARD_REGISTERS = 144  # the forward's registers a thread at most: ptxas then 
 TILE_TYPES = {torch.bfloat16: gl.bfloat16, torch.float32: gl.float32, torch.int32: gl.int32}
 LOG2E = gl.constexpr(1.4426950408889634)
 LN2 = gl.constexpr(0.6931471805599453)
-# The layouts of one warp's (CH = 2 channels, N states, T times) tiles: lane (channel, state) holds T times
-L3 = gl.constexpr(gl.BlockedLayout([1, 1, CHUNK], [2, N_STATES, 1], [1, 1, 1], [2, 1, 0]))
-L_CT = gl.constexpr(gl.SliceLayout(1, L3))  # (CH, T): a channel's times, in each of its state lanes
-L_NT = gl.constexpr(gl.SliceLayout(0, L3))  # (N, T): a state's times
-L_CN = gl.constexpr(gl.SliceLayout(2, L3))  # (CH, N): one value a lane
-L_PAIRS = gl.constexpr(gl.SliceLayout(0, gl.BlockedLayout([1, 1, CHUNK // 2], [2, N_STATES, 1], [1, 1, 1], [2, 1, 0])))
-# (CH, T) spread over the warp, 2 times a lane; and (CH, N, T) for sums over the states, each lane
-# holding the N states of its 2 times
-L_SPREAD = gl.constexpr(gl.BlockedLayout([1, 2], [2, 16], [1, 1], [1, 0]))
-L_SUM = gl.constexpr(gl.BlockedLayout([1, N_STATES, 2], [2, 1, 16], [1, 1, 1], [1, 2, 0]))
+# channel pairs a forward program, a warp each, sharing each chunk's B and C tiles. H200, session 36: 2 as fast as 1
+# at the outer stage and 6-7% faster at the others (GPU time of the forward); 4 lost 4% at the outer stage
+FORWARD_WARPS = 2
+
+
+def _layouts(warps: int) -> tuple:
+    """The layouts of (CH = 2 x ``warps`` channels, N states, T times) tiles, a channel pair a warp,
+    whose lane (channel, state) holds T times: the tile (CH, N, T); its slices (CH, T), a channel's
+    times in each of its state lanes; (N, T), a state's times; (CH, N), one value a lane; (N, T / 2),
+    a state's times as bf16 pairs; (CH, T) spread over the warp, 2 times a lane; and (CH, N, T)
+    for sums over the states, each lane holding the N states of its 2 times."""
+    tile = gl.BlockedLayout([1, 1, CHUNK], [2, N_STATES, 1], [warps, 1, 1], [2, 1, 0])
+    pairs = gl.BlockedLayout([1, 1, CHUNK // 2], [2, N_STATES, 1], [warps, 1, 1], [2, 1, 0])
+    spread = gl.BlockedLayout([1, 2], [2, 16], [warps, 1], [1, 0])
+    sums = gl.BlockedLayout([1, N_STATES, 2], [2, 1, 16], [warps, 1, 1], [1, 2, 0])
+    return tuple(gl.constexpr(x) for x in (tile, gl.SliceLayout(1, tile), gl.SliceLayout(0, tile),
+                                           gl.SliceLayout(2, tile), gl.SliceLayout(0, pairs), spread, sums))
+
+
+L3, L_CT, L_NT, L_CN, L_PAIRS, L_SPREAD, L_SUM = _layouts(1)  # the backward's, one warp
+F3, F_CT, F_NT, F_CN, F_PAIRS, F_SPREAD, F_SUM = _layouts(FORWARD_WARPS)  # the forward's
+F_CH = gl.constexpr(2 * FORWARD_WARPS)  # the forward's channels a program
 FLAT = gl.constexpr(gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
 SWZ = gl.constexpr(gl.SwizzledSharedLayout(4, 1, 8, [2, 1, 0]))  # 16-byte pieces XOR-swizzled by row
 
@@ -88,13 +104,13 @@ def fits(u: torch.Tensor, n_state: int, chunk: int, channels: int, block: int, g
 def forward_fits(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor, channels: int, every: int) -> bool:
     """Whether the forward kernel takes a scan of rows u with B and C (batch, states, length) over
     ``channels``, saving its states every ``every`` samples: on a Hopper GPU (the caller has checked
-    CUDA outside the interpreter), 16 states, an even number of channels, ``every`` a multiple of
-    ``CHUNK``, and B and C as the TMA unit reads them (16-byte aligned, rows of a multiple of 16
+    CUDA outside the interpreter), 16 states, channels in whole programs (2 x ``FORWARD_WARPS``),
+    ``every`` a multiple of ``CHUNK``, and B and C as the TMA unit reads them (16-byte aligned, rows of a multiple of 16
     bytes: a length that is a multiple of 8 in bf16, of 4 in fp32)."""
     tma_ok = all(x.is_contiguous() and x.data_ptr() % 16 == 0 and x.shape[-1] * x.element_size() % 16 == 0
                  and x.dtype in TILE_TYPES for x in (B, C))
-    return (B.shape[1] == N_STATES and channels % 2 == 0 and every % CHUNK == 0 and u.numel() < 2**31 and tma_ok
-            and _hopper(u.device.index))
+    return (B.shape[1] == N_STATES and channels % (2 * FORWARD_WARPS) == 0 and every % CHUNK == 0
+            and u.numel() < 2**31 and tma_ok and _hopper(u.device.index))
 
 
 @functools.cache
@@ -281,6 +297,80 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
 
 
 @gluon.jit
+def _add(a, b):
+    return a + b
+
+
+@gluon.jit
+def _handed_inputs(delta_ptr, gy_ptr, z_ptr, rows, t_ok, HAS_Z: gl.constexpr):
+    """A channel pair's rows at offsets ``rows`` (CH, T) as stored: raw delta, the output gradient
+    and z (the gradient again without z)."""
+    raw = gl.load(delta_ptr + rows, mask=t_ok, other=0.0)
+    g = gl.load(gy_ptr + rows, mask=t_ok, other=0.0)
+    zz = g
+    if HAS_Z:
+        zz = gl.load(z_ptr + rows, mask=t_ok, other=0.0)
+    return raw, g, zz
+
+
+@gluon.jit
+def _scan_chunks_handed(delta_ptr, bias_ptr, A_ptr, C_ptr, z_ptr, gy_ptr, first_ptr, n_ch, L_UNITS, n_chunks,
+                        L_ALIGN: gl.constexpr, BLOCK: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
+                        SOFTPLUS: gl.constexpr):
+    """The adjoint each chunk hands back to the chunk before it, with none carried in: per (channel,
+    state), the sum over the chunk's times t of exp(A cumsum(dt)[t]) C[t] gy[t], gy the output's
+    gradient before the gate (``selective_scan._scan_chunks_bwd`` with GRADS=False, into the same
+    (batch, channel, chunk, state) tensor). ``_scan_chunks_grads``'s grid: a program takes one
+    chunk of one batch row and a block of channels, two at a time."""
+    CH: gl.constexpr = 2
+    PAIRS: gl.constexpr = BLOCK // CH
+    c = gl.program_id(0)
+    b = gl.program_id(1)
+    blk = gl.program_id(2)
+    L = L_UNITS * L_ALIGN  # the length, known to be a multiple of L_ALIGN: rows load in vectors
+    rows_s = gl.allocate_shared_memory(gl.float32, [2, CH, T_], FLAT)  # cumsum(dt), gy
+
+    ch_s = gl.arange(0, CH, layout=gl.SliceLayout(1, L_SPREAD))
+    t_s = gl.arange(0, T_, layout=gl.SliceLayout(0, L_SPREAD))
+    ch_cn = gl.arange(0, CH, layout=gl.SliceLayout(1, L_CN))
+    n_cn = gl.arange(0, N_, layout=gl.SliceLayout(0, L_CN))
+    n_nt = gl.arange(0, N_, layout=gl.SliceLayout(1, L_NT))
+    t_nt = gl.arange(0, T_, layout=gl.SliceLayout(0, L_NT))
+    d0 = blk * BLOCK
+    t0 = c * T_
+    t_ok = (t0 + t_s < L)[None, :] & (ch_s >= 0)[:, None]
+    # C's tile, each state lane reading its state's row (once a program; 0 past the end)
+    c_off = (b * N_ + n_nt[:, None]) * L + t0 + t_nt[None, :]
+    c_ok = (t0 + t_nt < L)[None, :] & (n_nt >= 0)[:, None]
+    C_tile = gl.load(C_ptr + c_off, mask=c_ok, other=0.0).to(gl.float32)[None, :, :]
+    rows0 = (b * n_ch + d0 + ch_s[:, None]) * L + t0 + t_s[None, :]
+    a_rows0 = (d0 + ch_cn[:, None]) * N_ + n_cn[None, :]
+    saved0 = ((b * n_ch + d0 + ch_cn[:, None]) * n_chunks + c) * N_ + n_cn[None, :]
+    nxt = _handed_inputs(delta_ptr, gy_ptr, z_ptr, rows0, t_ok, HAS_Z)
+    for i in range(PAIRS):
+        raw, g, zz = nxt
+        if i + 1 < PAIRS:  # the next pair's rows load while this pair runs
+            nxt = _handed_inputs(delta_ptr, gy_ptr, z_ptr, rows0 + (i + 1) * CH * L, t_ok, HAS_Z)
+        bias = 0.0
+        if HAS_BIAS:
+            bias = gl.load(bias_ptr + d0 + i * CH + ch_s)[:, None]
+        dt, _x = _delta(raw, bias, t_ok, SOFTPLUS)  # 0 past the end
+        gy = g.to(gl.float32)
+        if HAS_Z:
+            zz = zz.to(gl.float32)
+            gy = gy * zz * _sigmoid(zz)
+        cum = gl.associative_scan(dt, 1, _add)
+        gl.thread_barrier()  # the last pair's reads of rows_s are done
+        rows_s.index(0).store(cum)
+        rows_s.index(1).store(gy)
+        gl.thread_barrier()
+        A2 = gl.load(A_ptr + a_rows0 + i * CH * N_) * LOG2E
+        decay = gl.exp2(rows_s.index(0).load(L_CT)[:, None, :] * A2[:, :, None])
+        handed = gl.sum(decay * (C_tile * rows_s.index(1).load(L_CT)[:, None, :]), 2)
+        gl.store(first_ptr + saved0 + i * CH * n_chunks * N_, handed)
+
+
+@gluon.jit
 def _take_last(a, b):
     """A reduction's combine that keeps the later value: along a thread's times, the last time."""
     return b
@@ -289,8 +379,8 @@ def _take_last(a, b):
 @gluon.jit
 def _row_mask(c, L):
     """Which of chunk c's (CH, T) times lie in the sequence [0, L)."""
-    t = c * T_ + gl.arange(0, T_, layout=gl.SliceLayout(0, L_SPREAD))
-    return ((t >= 0) & (t < L))[None, :] & (gl.arange(0, 2, layout=gl.SliceLayout(1, L_SPREAD)) >= 0)[:, None]
+    t = c * T_ + gl.arange(0, T_, layout=gl.SliceLayout(0, F_SPREAD))
+    return ((t >= 0) & (t < L))[None, :] & (gl.arange(0, F_CH, layout=gl.SliceLayout(1, F_SPREAD)) >= 0)[:, None]
 
 
 @gluon.jit
@@ -319,12 +409,12 @@ def _forward_tiles(B_desc, C_desc, b, c, bar, tiles_buf):
 
 @gluon.jit
 def _tile(x, PAIRS: gl.constexpr):
-    """A loaded tile as (N, T) fp32 in L_NT. bf16 pairs cost one shift or mask a value (a bf16's fp32
+    """A loaded tile as (N, T) fp32 in F_NT. bf16 pairs cost one shift or mask a value (a bf16's fp32
     value is its bits shifted up 16), where Triton's conversion takes two."""
     if PAIRS:
         low = (x << 16).to(gl.float32, bitcast=True)
         high = (x & -65536).to(gl.float32, bitcast=True)
-        tile = gl.convert_layout(gl.reshape(gl.join(low, high), [N_, T_]), L_NT)
+        tile = gl.convert_layout(gl.reshape(gl.join(low, high), [N_, T_]), F_NT)
     else:
         tile = x.to(gl.float32)
     return tile
@@ -353,13 +443,13 @@ def _forward_states(rows_buf, tiles_buf, bar, A2, h, sums_buf, c, n_chunks, inco
     (written every EVERY chunks), times C into ``sums_buf`` (CH, N, T); returns the state after it.
     Its B and C tiles come from ``tiles_buf`` (two buffers, as loaded) when ``bar`` says they are
     there."""
-    layout: gl.constexpr = L_PAIRS if PAIRS else L_NT
+    layout: gl.constexpr = F_PAIRS if PAIRS else F_NT
     mbarrier.wait(bar, c // 2 & 1)  # chunk c is the (c // 2)-th load into its buffer
     B, C = tiles_buf[0].load(layout), tiles_buf[1].load(layout)
     gl.store(incoming_ptr + saved0 + c // EVERY * N_, h, mask=(c % EVERY == 0) & (c < n_chunks) & (saved0 >= 0))
-    a = gl.exp2(rows_buf[0].load(L_CT)[:, None, :] * A2[:, :, None])
-    drive = rows_buf[1].load(L_CT)[:, None, :] * _tile(B, PAIRS)[None, :, :]
-    first = (gl.arange(0, T_, layout=gl.SliceLayout(0, L_CT)) == 0)[None, None, :]
+    a = gl.exp2(rows_buf[0].load(F_CT)[:, None, :] * A2[:, :, None])
+    drive = rows_buf[1].load(F_CT)[:, None, :] * _tile(B, PAIRS)[None, :, :]
+    first = (gl.arange(0, T_, layout=gl.SliceLayout(0, F_CT)) == 0)[None, None, :]
     hs = gl.associative_scan((a, gl.where(first, drive + a * h[:, :, None], drive)), 2, _combine)[1]
     sums_buf.store(hs * _tile(C, PAIRS)[None, :, :])
     return gl.reduce(hs, 2, _take_last)
@@ -373,7 +463,7 @@ def _forward_output(sums_buf, uz, c, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE: gl.c
     u, zz = uz
     ok = _row_mask(c, L)
     at = rows0 + c * T_
-    y = gl.convert_layout(gl.sum(sums_buf.load(L_SUM), 1), L_SPREAD)
+    y = gl.convert_layout(gl.sum(sums_buf.load(F_SUM), 1), F_SPREAD)
     if HAS_D:
         y += D * u.to(gl.float32)
     if HAS_Z:
@@ -416,10 +506,10 @@ def _scan_forward(u_ptr, delta_ptr, A_ptr, B_desc, C_desc, D_ptr, z_ptr, bias_pt
                   L_ALIGN: gl.constexpr, EVERY: gl.constexpr, SAVE_PRE: gl.constexpr, HAS_INIT: gl.constexpr,
                   HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
                   PAIRS: gl.constexpr):
-    """The forward for channels (d, d + 1) of batch row b, one warp: see the module's docstring.
+    """The forward for channels d to d + CH - 1 of batch row b, a channel pair a warp: see the module's docstring.
     B_desc and C_desc: TMA descriptors of B and C as (batch * N, L) (bf16 pairs as int32 with
     PAIRS), (N, T) blocks."""
-    CH: gl.constexpr = 2
+    CH: gl.constexpr = F_CH
     b = gl.program_id(0)
     d = gl.program_id(1) * CH
     L = L_UNITS * L_ALIGN  # the length, known to be a multiple of L_ALIGN: rows load in vectors
@@ -436,10 +526,10 @@ def _scan_forward(u_ptr, delta_ptr, A_ptr, B_desc, C_desc, D_ptr, z_ptr, bias_pt
     bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(bars.index(0), count=1)
     mbarrier.init(bars.index(1), count=1)
-    ch_s = gl.arange(0, CH, layout=gl.SliceLayout(1, L_SPREAD))
-    ch_cn = gl.arange(0, CH, layout=gl.SliceLayout(1, L_CN))
-    n_cn = gl.arange(0, N_, layout=gl.SliceLayout(0, L_CN))
-    rows0 = (b * n_ch + d + ch_s[:, None]) * L + gl.arange(0, T_, layout=gl.SliceLayout(0, L_SPREAD))[None, :]
+    ch_s = gl.arange(0, CH, layout=gl.SliceLayout(1, F_SPREAD))
+    ch_cn = gl.arange(0, CH, layout=gl.SliceLayout(1, F_CN))
+    n_cn = gl.arange(0, N_, layout=gl.SliceLayout(0, F_CN))
+    rows0 = (b * n_ch + d + ch_s[:, None]) * L + gl.arange(0, T_, layout=gl.SliceLayout(0, F_SPREAD))[None, :]
     states = (b * n_ch + d + ch_cn[:, None]) * N_ + n_cn[None, :]  # (CH, N): (batch row, channel, state)
     # the same in the saved (batch, channel, chunk, state) tensor, at chunk 0
     saved0 = (b * n_ch + d + ch_cn[:, None]) * n_saved * N_ + n_cn[None, :]
@@ -448,7 +538,7 @@ def _scan_forward(u_ptr, delta_ptr, A_ptr, B_desc, C_desc, D_ptr, z_ptr, bias_pt
     if HAS_INIT:
         h = gl.load(init_ptr + states)
     else:
-        h = gl.zeros([CH, N_], gl.float32, L_CN)
+        h = gl.zeros([CH, N_], gl.float32, F_CN)
     bias = 0.0
     if HAS_BIAS:
         bias = gl.load(bias_ptr + d + ch_s)[:, None]
@@ -462,7 +552,7 @@ def _scan_forward(u_ptr, delta_ptr, A_ptr, B_desc, C_desc, D_ptr, z_ptr, bias_pt
     # The pipeline's start: chunk 0's tiles sent for and its phase 1, chunk 1's rows
     _forward_tiles(B_desc, C_desc, b, 0, bars.index(0), even[2])
     rows = _forward_rows(delta_ptr, u_ptr, z_ptr, rows0, 0, L, HAS_Z)
-    dt_sum = _forward_deltas(rows, 0, L, bias, gl.zeros([CH], gl.float32, gl.SliceLayout(1, L_SPREAD)), even[0],
+    dt_sum = _forward_deltas(rows, 0, L, bias, gl.zeros([CH], gl.float32, gl.SliceLayout(1, F_SPREAD)), even[0],
                              dt_sum_ptr, sums_at, n_chunks, EVERY, SOFTPLUS)
     uz = (rows[1], rows[2])
     uz_prev = uz  # chunk -1's phase 3 writes nothing
@@ -492,7 +582,7 @@ def forward(args, outputs, sizes, every: int, flags: dict) -> None:
     batch, n_ch, L_UNITS = sizes
     u, delta, A, B, C, *rest = args
     B_desc, C_desc = (_tile_descriptor(x, flags["PAIRS"]) for x in (B, C))
-    _scan_forward[(batch, n_ch // 2)](u, delta, A, B_desc, C_desc, *rest, *outputs, n_ch, L_UNITS,
+    _scan_forward[(batch, n_ch // F_CH)](u, delta, A, B_desc, C_desc, *rest, *outputs, n_ch, L_UNITS,
                                       EVERY=every // CHUNK, **_forward_options(), **flags)
 
 
@@ -513,8 +603,19 @@ def _tile_layout(block: tuple[int, int], dtype: torch.dtype) -> gl.NVMMASharedLa
 
 
 def _forward_options() -> dict:
-    """The forward's launch options: one warp, and ``FORWARD_REGISTERS`` at most a thread."""
-    return dict(num_warps=1, maxnreg=FORWARD_REGISTERS) if FORWARD_REGISTERS else dict(num_warps=1)
+    """The forward's launch options: ``FORWARD_WARPS`` warps, and ``FORWARD_REGISTERS`` at most a thread."""
+    options = dict(num_warps=FORWARD_WARPS)
+    return dict(options, maxnreg=FORWARD_REGISTERS) if FORWARD_REGISTERS else options
+
+
+def handed_back(grid, args, sizes, tiles: dict, flags: dict) -> None:
+    """Launch the backward's first pass (``_scan_chunks_handed``) with the arguments, sizes, tiles
+    and flags that ``gradients`` takes; it writes the ``first`` of them."""
+    u, delta, A, B, C, D, z, bias, gy, pre, incoming, first, *_grads = args
+    n_ch, L_UNITS, _n_state, n_chunks = sizes
+    _scan_chunks_handed[grid](delta, bias, A, C, z, gy, first, n_ch, L_UNITS, n_chunks, L_ALIGN=tiles["L_ALIGN"],
+                              BLOCK=tiles["BLOCK"], HAS_Z=flags["HAS_Z"], HAS_BIAS=flags["HAS_BIAS"],
+                              SOFTPLUS=flags["SOFTPLUS"], num_warps=1)
 
 
 def gradients(grid, args, sizes, tiles: dict, flags: dict) -> None:
@@ -529,7 +630,7 @@ def gradients(grid, args, sizes, tiles: dict, flags: dict) -> None:
 
 
 def compile_for_hopper(kernel: str = "gradients", block: int = 64):
-    """A kernel ("gradients" or "forward") compiled for sm_90 (any machine; Triton ships the
+    """A kernel ("gradients", "handed" or "forward") compiled for sm_90 (any machine; Triton ships the
     toolchain) as the Mamba block calls it in training, bf16 rows and B and C read as pairs: its
     SASS is in ``asm["cubin"]`` (``kernels/sass_count.py`` reads it)."""
     rows = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "gy_ptr", "y_ptr", "pre_ptr", "gu_ptr", "gdelta_ptr",
@@ -541,4 +642,7 @@ def compile_for_hopper(kernel: str = "gradients", block: int = 64):
         tiles = ("i32", block, _tile_layout(block, torch.int32))
         return gluon_dispatch.compile_for_sm90(_scan_forward, constexprs, rows, _forward_options(),
                                                dict(B_desc=tiles, C_desc=tiles))
+    if kernel == "handed":
+        flags.pop("HAS_D")
+        return gluon_dispatch.compile_for_sm90(_scan_chunks_handed, dict(flags, BLOCK=block), rows, dict(num_warps=1))
     return gluon_dispatch.compile_for_sm90(_scan_chunks_grads, dict(flags, BLOCK=block), rows, dict(num_warps=1))
