@@ -38,9 +38,10 @@ state) of a chunk, the sum over its times of exp(A cumsum(dt)[t]) C[t] gy[t], in
 The plain-Triton passes lay time across lanes, and many of their instructions go to the scans'
 shuffles: 42 a state element in the gradients pass against 27 here, 18.5 in the forward against
 14 (``kernels/sass_count.py``). Measured on an H200 (BENCHMARKS.md, "Selective-scan kernels,
-sessions 33 to 35"): at the outer stage (B=16, D=128, L=16000), the forward 0.41 ms against the
-Triton forward's 0.55; fwd+bwd 1.91 ms against 2.27 with the Triton forward, 2.41 with both
-passes in Triton (sessions 33 and 34, before the saved states' layout changed).
+sessions 33 to 36"): at the outer stage (B=16, D=128, L=16000), the forward 0.41 ms against the
+Triton forward's 0.55; fwd+bwd 1.84 ms, 1.91 with the adjoint handed back by Triton, 2.27 with
+the Triton forward as well, 2.41 with all three in Triton (the last two before the saved
+states' layout changed).
 
 Gluon kernels do not run under the Triton interpreter. So CI compiles them for sm_90
 (``compile_for_hopper``), and the GPU tests check their numbers against the reference and the

@@ -57,12 +57,12 @@ def test_it_takes_16_states_in_chunks_of_32_over_whole_blocks_of_an_even_number_
     assert not gluon.fits(u, n_state=16, chunk=32, channels=64, block=64, groups=2)
 
 
-def test_the_forward_takes_16_states_over_channels_in_groups_of_8_saving_states_every_32_or_64():
+def test_the_forward_takes_16_states_over_channels_in_whole_programs_saving_states_every_32_or_64():
     u = torch.empty(1, 64, 96)
     B = torch.empty(1, 16, 96, dtype=torch.bfloat16)
     assert not gluon.forward_fits(u, torch.empty(1, 64, 96), torch.empty(1, 64, 96), channels=64, every=64)
     assert not gluon.forward_fits(u, B, B, channels=63, every=64)
-    assert not gluon.forward_fits(u, B, B, channels=6, every=64)  # 4 channel pairs a program
+    assert not gluon.forward_fits(u, B, B, channels=2 * gluon.FORWARD_WARPS + 2, every=64)  # a program's channel pairs
     assert not gluon.forward_fits(u, B, B, channels=64, every=16)
 
 
