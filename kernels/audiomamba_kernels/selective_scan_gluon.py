@@ -29,7 +29,12 @@ at a time, in one warp:
 - the adjoint lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1], backwards in time. The times are
   reversed in registers (``_flip``: splits and joins, which only rename registers), scanned forward
   and reversed back. Triton's own reverse scan ran shuffles across the warp instead (547 in the
-  kernel against 72).
+  kernel against 72). a[t+1] comes from the same registers (``_next_time``).
+
+Both backward passes copy a channel pair's rows (delta, gy, ...) into shared memory a pair ahead
+by ``cp.async`` (``_copy_rows``). Loaded into registers a pair ahead instead, bf16 rows were
+unpacked right after their loads, and about a fifth of the gradients pass's stall samples waited
+there (Nsight Compute, BENCHMARKS.md "Selective-scan kernels, session 36").
 
 **The adjoint handed back** (``_scan_chunks_handed``; same contract as ``_scan_chunks_bwd`` with
 GRADS=False), the backward's first pass, on the gradients pass's grid and layout: per (channel,
@@ -39,9 +44,9 @@ The plain-Triton passes lay time across lanes, and many of their instructions go
 shuffles: 42 a state element in the gradients pass against 27 here, 18.5 in the forward against
 14 (``kernels/sass_count.py``). Measured on an H200 (BENCHMARKS.md, "Selective-scan kernels,
 sessions 33 to 36"): at the outer stage (B=16, D=128, L=16000), the forward 0.41 ms against the
-Triton forward's 0.55; fwd+bwd 1.84 ms, 1.91 with the adjoint handed back by Triton, 2.27 with
-the Triton forward as well, 2.41 with all three in Triton (the last two before the saved
-states' layout changed).
+Triton forward's 0.55; fwd+bwd 1.73 ms, 1.84 with the rows loaded into registers, 1.91 with the
+adjoint handed back by Triton too, 2.27 with the Triton forward as well, 2.41 with all three in
+Triton (the last two before the saved states' layout changed).
 
 Gluon kernels do not run under the Triton interpreter. So CI compiles them for sm_90
 (``compile_for_hopper``), and the GPU tests check their numbers against the reference and the
@@ -54,6 +59,7 @@ import functools
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -156,24 +162,41 @@ def _flip(x, CH: gl.constexpr, N: gl.constexpr, T: gl.constexpr, BITS: gl.conste
 
 
 @gluon.jit
-def _pair_inputs(delta_ptr, u_ptr, z_ptr, gy_ptr, pre_ptr, A_ptr, incoming_ptr, carry_in_ptr, rows, t_ok, next_ok,
-                 a_rows, saved, HAS_Z: gl.constexpr):
-    """A channel pair's inputs, loaded a pair ahead of their use: its rows at offsets ``rows``
-    (CH, T) as stored (raw delta, raw delta one time later, u, the output gradient, z and the output
-    before the gate), and its A, the chunk's incoming state and carried adjoint (CH, N) at offsets
-    ``saved``."""
-    raw = gl.load(delta_ptr + rows, mask=t_ok, other=0.0)
-    raw_next = gl.load(delta_ptr + rows + 1, mask=next_ok, other=0.0)
-    u = gl.load(u_ptr + rows, mask=t_ok, other=0.0)
-    g = gl.load(gy_ptr + rows, mask=t_ok, other=0.0)
-    zz, pre = g, g
-    if HAS_Z:
-        zz = gl.load(z_ptr + rows, mask=t_ok, other=0.0)
-        pre = gl.load(pre_ptr + rows, mask=t_ok, other=0.0)
-    A = gl.load(A_ptr + a_rows)
-    h0 = gl.load(incoming_ptr + saved)
-    carry = gl.load(carry_in_ptr + saved)
-    return raw, raw_next, u, g, zz, pre, A, h0, carry
+def _next_time(x, CH: gl.constexpr, T: gl.constexpr):
+    """x (CH, T = 32) one time later, 0 at its last time, where each thread holds a channel's times
+    whole: only registers renamed. x[t + 1] at even t is x's odd times; at odd t, the even times one
+    later, taken the same way, down to one time."""
+    e0, o0 = gl.split(gl.reshape(x, [CH, T // 2, 2]))
+    e1, o1 = gl.split(gl.reshape(e0, [CH, T // 4, 2]))
+    e2, o2 = gl.split(gl.reshape(e1, [CH, T // 8, 2]))
+    e3, o3 = gl.split(gl.reshape(e2, [CH, T // 16, 2]))
+    _e4, o4 = gl.split(gl.reshape(e3, [CH, T // 32, 2]))
+    y = gl.reshape(gl.join(o4, gl.zeros_like(o4)), [CH, T // 16])
+    y = gl.reshape(gl.join(o3, gl.convert_layout(y, o3.type.layout)), [CH, T // 8])
+    y = gl.reshape(gl.join(o2, gl.convert_layout(y, o2.type.layout)), [CH, T // 4])
+    y = gl.reshape(gl.join(o1, gl.convert_layout(y, o1.type.layout)), [CH, T // 2])
+    return gl.convert_layout(gl.reshape(gl.join(o0, gl.convert_layout(y, o0.type.layout)), [CH, T]), x.type.layout)
+
+
+@gluon.jit
+def _copy_rows(rows_in, ptrs, slot, rows, t_ok):
+    """Start copying a channel pair's rows at offsets ``rows`` (CH, T) of the tensors at ``ptrs``
+    into buffer ``slot`` of their shared buffers ``rows_in`` (2, CH, T), 0 past the end. The copies
+    are asynchronous, so no register waits for them: loaded into registers a pair ahead of their
+    use, bf16 rows were unpacked at once and the loop waited there for every load."""
+    for k in gl.static_range(len(ptrs)):
+        async_copy.async_copy_global_to_shared(rows_in[k].index(slot), ptrs[k] + rows, mask=t_ok)
+
+
+@gluon.jit
+def _pair_channels(A_ptr, bias_ptr, a_rows, d, HAS_BIAS: gl.constexpr):
+    """Channels d and d + 1's A (CH, N) at offsets ``a_rows``, and delta's bias (CH,) (0 without
+    one): loaded a pair ahead of their use, as every input of a pair is, so that no load waits in
+    the loop."""
+    bias = gl.zeros([2], gl.float32, gl.SliceLayout(1, L_SPREAD))
+    if HAS_BIAS:
+        bias = gl.load(bias_ptr + d + gl.arange(0, 2, layout=gl.SliceLayout(1, L_SPREAD)))
+    return gl.load(A_ptr + a_rows), bias
 
 
 @gluon.jit
@@ -192,7 +215,14 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     b = gl.program_id(1)
     blk = gl.program_id(2)
     L = L_UNITS * L_ALIGN  # the length, known to be a multiple of L_ALIGN: rows load in vectors
-    rows_s = gl.allocate_shared_memory(gl.float32, [4, CH, T], FLAT)  # dt, dt one time later, dt u, gy
+    rows_s = gl.allocate_shared_memory(gl.float32, [3, CH, T], FLAT)  # dt, dt u, gy
+    # Two pairs' rows as stored: raw delta, u, the output gradient, and with z, z and the output before the gate
+    row_ptrs = (delta_ptr, u_ptr, gy_ptr, z_ptr, pre_ptr) if HAS_Z else (delta_ptr, u_ptr, gy_ptr)
+    rows_in = (gl.allocate_shared_memory(delta_ptr.dtype.element_ty, [2, CH, T], FLAT),
+               gl.allocate_shared_memory(u_ptr.dtype.element_ty, [2, CH, T], FLAT),
+               gl.allocate_shared_memory(gy_ptr.dtype.element_ty, [2, CH, T], FLAT),
+               gl.allocate_shared_memory(z_ptr.dtype.element_ty, [2, CH, T], FLAT),
+               gl.allocate_shared_memory(pre_ptr.dtype.element_ty, [2, CH, T], FLAT))
     sums_s = gl.allocate_shared_memory(gl.float32, [2 * CH, N, T], SWZ)  # lambda B, and dL/d(dt A)
     tiles_s = gl.allocate_shared_memory(gl.float32, [2, N, T], gl.SwizzledSharedLayout(4, 1, 8, [1, 0]))  # B, C
 
@@ -208,7 +238,6 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     d0 = blk * BLOCK
     t0 = c * T
     t_ok = (t0 + t_s < L)[None, :] & (ch_s >= 0)[:, None]
-    next_ok = (t0 + t_s + 1 < L)[None, :] & (t_s < T - 1)[None, :] & (ch_s >= 0)[:, None]
     bc_off = (b * N + n_nt[:, None]) * L + t0 + t_nt[None, :]
     bc_ok = (t0 + t_nt < L)[None, :] & (n_nt >= 0)[:, None]
     tiles_s.index(0).store(gl.load(B_ptr + bc_off, mask=bc_ok, other=0.0).to(gl.float32))
@@ -219,23 +248,33 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     a_rows0 = (d0 + ch_cn[:, None]) * N + n_cn[None, :]
     # pair 0's (CH, N) states of this chunk in the saved (batch, channel, chunk, state) tensors
     saved0 = ((b * n_ch + d0 + ch_cn[:, None]) * n_chunks + c) * N + n_cn[None, :]
-    inputs = (delta_ptr, u_ptr, z_ptr, gy_ptr, pre_ptr, A_ptr, incoming_ptr, carry_in_ptr)
-    nxt = _pair_inputs(*inputs, rows0, t_ok, next_ok, a_rows0, saved0, HAS_Z)
+    _copy_rows(rows_in, row_ptrs, 0, rows0, t_ok)
+    async_copy.commit_group()
+    # pair 0's A and bias, and its incoming state, carried adjoint and D (D_ptr is u's without D: read, unused)
+    nxt = _pair_channels(A_ptr, bias_ptr, a_rows0, d0, HAS_BIAS) + (
+        gl.load(incoming_ptr + saved0), gl.load(carry_in_ptr + saved0), gl.load(D_ptr + d0 + ch_s))
     for i in range(PAIRS):
         d = d0 + i * CH
         rows = rows0 + i * CH * L
-        raw, raw_next, u, g, zz, pre, A, h0, carry = nxt
+        A, bias, h0, carry, D = nxt  # A, delta's bias, the chunk's incoming state and carried adjoint, D
         if i + 1 < PAIRS:  # the next pair's inputs load while this pair runs
-            nxt = _pair_inputs(*inputs, rows + CH * L, t_ok, next_ok, a_rows0 + (i + 1) * CH * N,
-                               saved0 + (i + 1) * CH * n_chunks * N, HAS_Z)
+            _copy_rows(rows_in, row_ptrs, (i + 1) % 2, rows + CH * L, t_ok)
+            saved = saved0 + (i + 1) * CH * n_chunks * N
+            nxt = _pair_channels(A_ptr, bias_ptr, a_rows0 + (i + 1) * CH * N, d + CH, HAS_BIAS) + (
+                gl.load(incoming_ptr + saved), gl.load(carry_in_ptr + saved), gl.load(D_ptr + d + CH + ch_s))
+        async_copy.commit_group()  # a group each pair (the last one empty), so one may stay in flight
+        async_copy.wait_group(1)
+        gl.thread_barrier()  # this pair's rows have come; the last pair's reads of rows_s and sums_s are done
+        raw = rows_in[0].index(i % 2).load(L_SPREAD)
+        u = rows_in[1].index(i % 2).load(L_SPREAD)
+        g = rows_in[2].index(i % 2).load(L_SPREAD)
+        zz, pre = g, g
+        if HAS_Z:
+            zz = rows_in[3].index(i % 2).load(L_SPREAD)
+            pre = rows_in[4].index(i % 2).load(L_SPREAD)
         A2 = A * LOG2E
-        # Per (channel, time), spread over the warp: delta (0 past the end), delta one time later (0 at
-        # the chunk's last time, where the carried adjoint comes in), delta u, and the gradient before the gate
-        bias = 0.0
-        if HAS_BIAS:
-            bias = gl.load(bias_ptr + d + ch_s)[:, None]
-        dt, x = _delta(raw, bias, t_ok, SOFTPLUS)
-        dt_next, _x = _delta(raw_next, bias, next_ok, SOFTPLUS)
+        # Per (channel, time), spread over the warp: delta (0 past the end), delta u, and the gradient before the gate
+        dt, x = _delta(raw, bias[:, None], t_ok, SOFTPLUS)
         u = u.to(gl.float32)
         g = g.to(gl.float32)
         gy = g
@@ -245,21 +284,21 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
             gy = g * zz * sig
             gz = g * pre.to(gl.float32) * sig * (1.0 + zz * (1.0 - sig))
             gl.store(gz_ptr + rows, gz.to(gz_ptr.dtype.element_ty), mask=t_ok)
-        gl.thread_barrier()  # the last pair's reads of rows_s and sums_s are done
         rows_s.index(0).store(dt)
-        rows_s.index(1).store(dt_next)
-        rows_s.index(2).store(dt * u)
-        rows_s.index(3).store(gy)
+        rows_s.index(1).store(dt * u)
+        rows_s.index(2).store(gy)
         gl.thread_barrier()
         # The adjoint, backwards in time, from the carried one at the chunk's last time. Each (CH, T)
         # row is loaded from shared memory where it is used, not kept through the scans: at 32
         # registers a row, keeping them spilled.
-        a_next = gl.exp2(rows_s.index(1).load(L_CT)[:, None, :] * A2[:, :, None])
-        lam_in = tiles_s.index(1).load(L_NT)[None, :, :] * rows_s.index(3).load(L_CT)[:, None, :]
+        # a one time later, 1 at the chunk's last time, where the carried adjoint comes in: ptxas
+        # shares its exponentials with a's below (1.9 MUFU an element, 2.5 with delta loaded again)
+        a_next = gl.exp2(_next_time(rows_s.index(0).load(L_CT), CH, T)[:, None, :] * A2[:, :, None])
+        lam_in = tiles_s.index(1).load(L_NT)[None, :, :] * rows_s.index(2).load(L_CT)[:, None, :]
         lam_in = gl.where(last, lam_in + carry[:, :, None], lam_in)
         lam = _flip(gl.associative_scan((_flip(a_next, CH, N, T, BITS), _flip(lam_in, CH, N, T, BITS)), 2,
                                         _combine)[1], CH, N, T, BITS)
-        du3 = rows_s.index(2).load(L_CT)[:, None, :]
+        du3 = rows_s.index(1).load(L_CT)[:, None, :]
         acc_B += lam * du3
         B_tile = tiles_s.index(0).load(L_NT)[None, :, :]
         sums_s.slice(0, CH).store(lam * B_tile)
@@ -268,7 +307,7 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
         a = gl.exp2(dt3 * A2[:, :, None])
         drive = du3 * B_tile
         h = gl.associative_scan((a, gl.where(first, drive + a * h0[:, :, None], drive)), 2, _combine)[1]
-        acc_C += h * rows_s.index(3).load(L_CT)[:, None, :]
+        acc_C += h * rows_s.index(2).load(L_CT)[:, None, :]
         g_decay = lam * (h - drive)  # d loss / d (dt A) = lambda[t] a[t] h[t-1]
         sums_s.slice(CH, CH).store(g_decay * A[:, :, None])
         per_channel = (b * n_chunks + c) * n_ch + d
@@ -279,7 +318,7 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
         g_dtA = gl.convert_layout(gl.sum(sums_s.slice(CH, CH).load(L_SUM), 1), L_SPREAD)
         gu = lam_B * dt
         if HAS_D:
-            gu += gy * gl.load(D_ptr + d + ch_s)[:, None]
+            gu += gy * D[:, None]
         gdt = lam_B * u + g_dtA
         if SOFTPLUS:
             gdt = gdt * _sigmoid(x)
@@ -303,18 +342,6 @@ def _add(a, b):
 
 
 @gluon.jit
-def _handed_inputs(delta_ptr, gy_ptr, z_ptr, rows, t_ok, HAS_Z: gl.constexpr):
-    """A channel pair's rows at offsets ``rows`` (CH, T) as stored: raw delta, the output gradient
-    and z (the gradient again without z)."""
-    raw = gl.load(delta_ptr + rows, mask=t_ok, other=0.0)
-    g = gl.load(gy_ptr + rows, mask=t_ok, other=0.0)
-    zz = g
-    if HAS_Z:
-        zz = gl.load(z_ptr + rows, mask=t_ok, other=0.0)
-    return raw, g, zz
-
-
-@gluon.jit
 def _scan_chunks_handed(delta_ptr, bias_ptr, A_ptr, C_ptr, z_ptr, gy_ptr, first_ptr, n_ch, L_UNITS, n_chunks,
                         L_ALIGN: gl.constexpr, BLOCK: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
                         SOFTPLUS: gl.constexpr):
@@ -330,6 +357,11 @@ def _scan_chunks_handed(delta_ptr, bias_ptr, A_ptr, C_ptr, z_ptr, gy_ptr, first_
     blk = gl.program_id(2)
     L = L_UNITS * L_ALIGN  # the length, known to be a multiple of L_ALIGN: rows load in vectors
     rows_s = gl.allocate_shared_memory(gl.float32, [2, CH, T_], FLAT)  # cumsum(dt), gy
+    # Two pairs' rows as stored: raw delta, the output gradient, and with z, z
+    row_ptrs = (delta_ptr, gy_ptr, z_ptr) if HAS_Z else (delta_ptr, gy_ptr)
+    rows_in = (gl.allocate_shared_memory(delta_ptr.dtype.element_ty, [2, CH, T_], FLAT),
+               gl.allocate_shared_memory(gy_ptr.dtype.element_ty, [2, CH, T_], FLAT),
+               gl.allocate_shared_memory(z_ptr.dtype.element_ty, [2, CH, T_], FLAT))
 
     ch_s = gl.arange(0, CH, layout=gl.SliceLayout(1, L_SPREAD))
     t_s = gl.arange(0, T_, layout=gl.SliceLayout(0, L_SPREAD))
@@ -347,25 +379,29 @@ def _scan_chunks_handed(delta_ptr, bias_ptr, A_ptr, C_ptr, z_ptr, gy_ptr, first_
     rows0 = (b * n_ch + d0 + ch_s[:, None]) * L + t0 + t_s[None, :]
     a_rows0 = (d0 + ch_cn[:, None]) * N_ + n_cn[None, :]
     saved0 = ((b * n_ch + d0 + ch_cn[:, None]) * n_chunks + c) * N_ + n_cn[None, :]
-    nxt = _handed_inputs(delta_ptr, gy_ptr, z_ptr, rows0, t_ok, HAS_Z)
+    _copy_rows(rows_in, row_ptrs, 0, rows0, t_ok)
+    async_copy.commit_group()
+    nxt = _pair_channels(A_ptr, bias_ptr, a_rows0, d0, HAS_BIAS)
     for i in range(PAIRS):
-        raw, g, zz = nxt
-        if i + 1 < PAIRS:  # the next pair's rows load while this pair runs
-            nxt = _handed_inputs(delta_ptr, gy_ptr, z_ptr, rows0 + (i + 1) * CH * L, t_ok, HAS_Z)
-        bias = 0.0
-        if HAS_BIAS:
-            bias = gl.load(bias_ptr + d0 + i * CH + ch_s)[:, None]
-        dt, _x = _delta(raw, bias, t_ok, SOFTPLUS)  # 0 past the end
+        A, bias = nxt
+        if i + 1 < PAIRS:  # the next pair's inputs load while this pair runs
+            _copy_rows(rows_in, row_ptrs, (i + 1) % 2, rows0 + (i + 1) * CH * L, t_ok)
+            nxt = _pair_channels(A_ptr, bias_ptr, a_rows0 + (i + 1) * CH * N_, d0 + (i + 1) * CH, HAS_BIAS)
+        async_copy.commit_group()  # a group each pair (the last one empty), so one may stay in flight
+        async_copy.wait_group(1)
+        gl.thread_barrier()  # this pair's rows have come; the last pair's reads of rows_s are done
+        raw = rows_in[0].index(i % 2).load(L_SPREAD)
+        g = rows_in[1].index(i % 2).load(L_SPREAD)
+        dt, _x = _delta(raw, bias[:, None], t_ok, SOFTPLUS)  # 0 past the end
         gy = g.to(gl.float32)
         if HAS_Z:
-            zz = zz.to(gl.float32)
+            zz = rows_in[2].index(i % 2).load(L_SPREAD).to(gl.float32)
             gy = gy * zz * _sigmoid(zz)
         cum = gl.associative_scan(dt, 1, _add)
-        gl.thread_barrier()  # the last pair's reads of rows_s are done
         rows_s.index(0).store(cum)
         rows_s.index(1).store(gy)
         gl.thread_barrier()
-        A2 = gl.load(A_ptr + a_rows0 + i * CH * N_) * LOG2E
+        A2 = A * LOG2E
         decay = gl.exp2(rows_s.index(0).load(L_CT)[:, None, :] * A2[:, :, None])
         handed = gl.sum(decay * (C_tile * rows_s.index(1).load(L_CT)[:, None, :]), 2)
         gl.store(first_ptr + saved0 + i * CH * n_chunks * N_, handed)
