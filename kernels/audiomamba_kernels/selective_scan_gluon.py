@@ -179,13 +179,37 @@ def _next_time(x, CH: gl.constexpr, T: gl.constexpr):
 
 
 @gluon.jit
+def _row_buffers(ptrs, CH: gl.constexpr, T: gl.constexpr):
+    """Two pairs' rows (2, CH, T) in shared memory for each tensor at ``ptrs``, as stored."""
+    buffers = ()
+    for k in gl.static_range(len(ptrs)):
+        buffers = buffers + (gl.allocate_shared_memory(ptrs[k].dtype.element_ty, [2, CH, T], FLAT),)
+    return buffers
+
+
+@gluon.jit
 def _copy_rows(rows_in, ptrs, slot, rows, t_ok):
     """Start copying a channel pair's rows at offsets ``rows`` (CH, T) of the tensors at ``ptrs``
-    into buffer ``slot`` of their shared buffers ``rows_in`` (2, CH, T), 0 past the end. The copies
-    are asynchronous, so no register waits for them: loaded into registers a pair ahead of their
-    use, bf16 rows were unpacked at once and the loop waited there for every load."""
+    into buffer ``slot`` of their shared buffers ``rows_in`` (``_row_buffers``), 0 past the end.
+    The copies are asynchronous, so no register waits for them: loaded into registers a pair ahead
+    of their use, bf16 rows were unpacked at once and the loop waited there for every load."""
     for k in gl.static_range(len(ptrs)):
         async_copy.async_copy_global_to_shared(rows_in[k].index(slot), ptrs[k] + rows, mask=t_ok)
+
+
+@gluon.jit
+def _rows_of_pair(rows_in, slot):
+    """The rows in buffer ``slot`` of ``rows_in`` (CH, T each, spread over the warp), once they
+    have come: the copies started since the last call are committed as one group (empty after the
+    last pair's), and all but that group awaited. The barrier also means that the last pair's
+    reads of shared memory are done."""
+    async_copy.commit_group()
+    async_copy.wait_group(1)
+    gl.thread_barrier()
+    rows = ()
+    for k in gl.static_range(len(rows_in)):
+        rows = rows + (rows_in[k].index(slot).load(L_SPREAD),)
+    return rows
 
 
 @gluon.jit
@@ -216,13 +240,9 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     blk = gl.program_id(2)
     L = L_UNITS * L_ALIGN  # the length, known to be a multiple of L_ALIGN: rows load in vectors
     rows_s = gl.allocate_shared_memory(gl.float32, [3, CH, T], FLAT)  # dt, dt u, gy
-    # Two pairs' rows as stored: raw delta, u, the output gradient, and with z, z and the output before the gate
+    # the rows read: raw delta, u, the output gradient, and with z, z and the output before the gate
     row_ptrs = (delta_ptr, u_ptr, gy_ptr, z_ptr, pre_ptr) if HAS_Z else (delta_ptr, u_ptr, gy_ptr)
-    rows_in = (gl.allocate_shared_memory(delta_ptr.dtype.element_ty, [2, CH, T], FLAT),
-               gl.allocate_shared_memory(u_ptr.dtype.element_ty, [2, CH, T], FLAT),
-               gl.allocate_shared_memory(gy_ptr.dtype.element_ty, [2, CH, T], FLAT),
-               gl.allocate_shared_memory(z_ptr.dtype.element_ty, [2, CH, T], FLAT),
-               gl.allocate_shared_memory(pre_ptr.dtype.element_ty, [2, CH, T], FLAT))
+    rows_in = _row_buffers(row_ptrs, CH, T)
     sums_s = gl.allocate_shared_memory(gl.float32, [2 * CH, N, T], SWZ)  # lambda B, and dL/d(dt A)
     tiles_s = gl.allocate_shared_memory(gl.float32, [2, N, T], gl.SwizzledSharedLayout(4, 1, 8, [1, 0]))  # B, C
 
@@ -262,16 +282,11 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
             saved = saved0 + (i + 1) * CH * n_chunks * N
             nxt = _pair_channels(A_ptr, bias_ptr, a_rows0 + (i + 1) * CH * N, d + CH, HAS_BIAS) + (
                 gl.load(incoming_ptr + saved), gl.load(carry_in_ptr + saved), gl.load(D_ptr + d + CH + ch_s))
-        async_copy.commit_group()  # a group each pair (the last one empty), so one may stay in flight
-        async_copy.wait_group(1)
-        gl.thread_barrier()  # this pair's rows have come; the last pair's reads of rows_s and sums_s are done
-        raw = rows_in[0].index(i % 2).load(L_SPREAD)
-        u = rows_in[1].index(i % 2).load(L_SPREAD)
-        g = rows_in[2].index(i % 2).load(L_SPREAD)
+        rows_i = _rows_of_pair(rows_in, i % 2)
+        raw, u, g = rows_i[0], rows_i[1], rows_i[2]
         zz, pre = g, g
         if HAS_Z:
-            zz = rows_in[3].index(i % 2).load(L_SPREAD)
-            pre = rows_in[4].index(i % 2).load(L_SPREAD)
+            zz, pre = rows_i[3], rows_i[4]
         A2 = A * LOG2E
         # Per (channel, time), spread over the warp: delta (0 past the end), delta u, and the gradient before the gate
         dt, x = _delta(raw, bias[:, None], t_ok, SOFTPLUS)
@@ -357,11 +372,8 @@ def _scan_chunks_handed(delta_ptr, bias_ptr, A_ptr, C_ptr, z_ptr, gy_ptr, first_
     blk = gl.program_id(2)
     L = L_UNITS * L_ALIGN  # the length, known to be a multiple of L_ALIGN: rows load in vectors
     rows_s = gl.allocate_shared_memory(gl.float32, [2, CH, T_], FLAT)  # cumsum(dt), gy
-    # Two pairs' rows as stored: raw delta, the output gradient, and with z, z
-    row_ptrs = (delta_ptr, gy_ptr, z_ptr) if HAS_Z else (delta_ptr, gy_ptr)
-    rows_in = (gl.allocate_shared_memory(delta_ptr.dtype.element_ty, [2, CH, T_], FLAT),
-               gl.allocate_shared_memory(gy_ptr.dtype.element_ty, [2, CH, T_], FLAT),
-               gl.allocate_shared_memory(z_ptr.dtype.element_ty, [2, CH, T_], FLAT))
+    row_ptrs = (delta_ptr, gy_ptr, z_ptr) if HAS_Z else (delta_ptr, gy_ptr)  # raw delta, the output gradient, z
+    rows_in = _row_buffers(row_ptrs, CH, T_)
 
     ch_s = gl.arange(0, CH, layout=gl.SliceLayout(1, L_SPREAD))
     t_s = gl.arange(0, T_, layout=gl.SliceLayout(0, L_SPREAD))
@@ -387,15 +399,12 @@ def _scan_chunks_handed(delta_ptr, bias_ptr, A_ptr, C_ptr, z_ptr, gy_ptr, first_
         if i + 1 < PAIRS:  # the next pair's inputs load while this pair runs
             _copy_rows(rows_in, row_ptrs, (i + 1) % 2, rows0 + (i + 1) * CH * L, t_ok)
             nxt = _pair_channels(A_ptr, bias_ptr, a_rows0 + (i + 1) * CH * N_, d0 + (i + 1) * CH, HAS_BIAS)
-        async_copy.commit_group()  # a group each pair (the last one empty), so one may stay in flight
-        async_copy.wait_group(1)
-        gl.thread_barrier()  # this pair's rows have come; the last pair's reads of rows_s are done
-        raw = rows_in[0].index(i % 2).load(L_SPREAD)
-        g = rows_in[1].index(i % 2).load(L_SPREAD)
+        rows_i = _rows_of_pair(rows_in, i % 2)
+        raw, g = rows_i[0], rows_i[1]
         dt, _x = _delta(raw, bias[:, None], t_ok, SOFTPLUS)  # 0 past the end
         gy = g.to(gl.float32)
         if HAS_Z:
-            zz = rows_in[2].index(i % 2).load(L_SPREAD).to(gl.float32)
+            zz = rows_i[2].to(gl.float32)
             gy = gy * zz * _sigmoid(zz)
         cum = gl.associative_scan(dt, 1, _add)
         rows_s.index(0).store(cum)
