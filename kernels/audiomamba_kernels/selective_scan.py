@@ -581,7 +581,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_
     return y, final, incoming, dt_sum, pre
 
 
-def _gluon_gradients(u, m, tiles) -> bool:
+def _gluon_backward(u, m, tiles) -> bool:
     """Whether the Gluon kernels take this backward's two chunk passes (the adjoint handed back, the
     gradients), at chunks of ``m["T"]``: where they fit, unless switched off (``AUDIOMAMBA_GLUON=0``, GLUON)."""
     return GLUON and gluon_dispatch.may_run(u) and _gluon_fits(u, m, tiles)
@@ -639,7 +639,7 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
             gA, gB, gC, gD, gbias)
     sizes = (m["n_ch"], m["L_UNITS"], m["N"], m["n_chunks"])
     common = dict(tiles, **flags)
-    gluon = _gluon_gradients(u, m, tiles)
+    gluon = _gluon_backward(u, m, tiles)
     if gluon:
         _gluon().handed_back(grid, args, sizes, tiles, flags)
     else:
