@@ -8,6 +8,9 @@ over one chunk, an (n, T) tile (in the sequential forward, one chunk of two chan
 From those it gives an issue bound for a shape: the time if every SM scheduler issued one
 instruction every cycle, with no stall. No kernel that executes these loops can be faster.
 
+``early_load_waits`` (for tests) reads the scoreboards in a loop's control bits and lists where
+the loop waits for a global load it issued a few instructions before.
+
 ``--stack WIDTH`` does the same for generation's stage kernel (``mamba_stack._mamba_stack_step``)
 at a stage width: its loop runs one Mamba block for one batch row, and the bound is that loop's
 issue time on an SM to itself.
@@ -75,32 +78,74 @@ def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def loop_profile(cubin: bytes, inner_iterations: int = 1) -> dict:
-    """Registers and stack bytes (where registers spill) per thread of a cubin, and the opcodes of
-    its loop's body: the instructions from the target of the widest backward branch to that branch,
-    those of the loops inside it counted ``inner_iterations`` times (``inner_loops``: how many)."""
+def _disassemble(cubin: bytes) -> tuple[str, list[tuple[int, str, int]]]:
+    """A cubin's resource usage line, and its instructions: (address, text, control bits). The
+    control bits are bits 105-127 of each 128-bit instruction: stall cycles (4 bits), yield (1),
+    the scoreboard its result sets (3: 7 for none), the one its operands' reads set (3), and the
+    scoreboards it waits for (6, a mask)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         usage = subprocess.run([_tool("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True).stdout
         sass = subprocess.run([_tool("cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
-    code = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
-    addresses = [a for a, _ in code]
+    code = [(int(m.group(1), 16), m.group(2).strip(), int(m.group(3), 16) >> 41) for m in re.finditer(
+        r"/\*([0-9a-f]{4,})\*/\s+([^;]*);\s*/\* 0x[0-9a-f]+ \*/\s*/\* 0x([0-9a-f]+) \*/", sass)]
+    return usage, code
+
+
+def _main_loop(code: list) -> tuple[int, int, list]:
+    """The first and last index of the main loop in ``code``: from the target of the widest
+    backward branch to that branch; and the (first, last) of the loops inside it."""
+    addresses = [c[0] for c in code]
     loops = []  # (first, last) index of each backward branch's body
-    for i, (address, text) in enumerate(code):
+    for i, (address, text, _) in enumerate(code):
         target = re.search(r"BRA\s.*?0x([0-9a-f]+)", text)
         if target and int(target.group(1), 16) < address:
             loops.append((addresses.index(int(target.group(1), 16)), i))
     # the largest: the main loop (an mbarrier's wait retries out of line, in loops that branch back into it)
     first, last = max(loops, key=lambda span: span[1] - span[0]) if loops else (0, -1)
-    inner = [(a, b) for a, b in loops if first < a and b < last]
+    return first, last, [(a, b) for a, b in loops if first < a and b < last]
+
+
+def _opcode(text: str) -> str:
+    return re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0]
+
+
+def loop_profile(cubin: bytes, inner_iterations: int = 1) -> dict:
+    """Registers and stack bytes (where registers spill) per thread of a cubin, and the opcodes of
+    its loop's body (``_main_loop``), those of the loops inside it counted ``inner_iterations``
+    times (``inner_loops``: how many)."""
+    usage, code = _disassemble(cubin)
+    first, last, inner = _main_loop(code)
     opcodes = Counter()
     for i in range(first, last + 1):
-        weight = inner_iterations if any(a <= i <= b for a, b in inner) else 1
-        opcodes[re.sub(r"^@!?U?P\w+\s+", "", code[i][1]).split()[0].split(".")[0]] += weight
+        opcodes[_opcode(code[i][1])] += inner_iterations if any(a <= i <= b for a, b in inner) else 1
     usage_match = re.search(r"REG:(\d+) STACK:(\d+)", usage)
     return dict(registers=int(usage_match.group(1)), stack=int(usage_match.group(2)), opcodes=opcodes,
                 inner_loops=len(inner))
+
+
+def early_load_waits(cubin: bytes, within: int = 200) -> list[tuple[str, str]]:
+    """The main loop's waits for a global load (``LDG``) issued fewer than ``within`` instructions
+    before, in the same pass through the loop: (the load, the instruction that waits), from the
+    scoreboards in the control bits. A load meant a pass ahead of its use shows up here when it is
+    used at once (bf16 pairs unpacked right after the load), or when ptxas gives its scoreboard to
+    another instruction's result as well (a pointer reloaded from the constant bank) and the
+    other's user then waits for the load too (BENCHMARKS.md, "Selective-scan kernels, session 36")."""
+    code = _disassemble(cubin)[1]
+    first, last, _ = _main_loop(code)
+    pending = {board: [] for board in range(6)}  # per scoreboard: its writers since the last wait for it
+    waits = []
+    for i in range(first, last + 1):
+        text, control = code[i][1], code[i][2]
+        for board in range(6):
+            if control >> 11 & 1 << board:
+                waits += [(load, text) for at, load in pending[board]
+                          if _opcode(load) == "LDG" and i - at < within]
+                pending[board] = []
+        if control >> 5 & 7 != 7:
+            pending[control >> 5 & 7].append((i, text))
+    return waits
 
 
 def print_stack(widths: list[int], arch: int, ghz: float) -> None:
