@@ -200,9 +200,10 @@ def _copy_rows(rows_in, ptrs, slot, rows, t_ok):
 @gluon.jit
 def _rows_of_pair(rows_in, slot):
     """The rows in buffer ``slot`` of ``rows_in`` (CH, T each, spread over the warp), once they
-    have come: the copies started since the last call are committed as one group (empty after the
-    last pair's), and all but that group awaited. The barrier also means that the last pair's
-    reads of shared memory are done."""
+    have come. The copies started since the last commit (the next pair's; none at the last pair)
+    are committed as one group, and all groups but that one awaited: a group a pair, the first
+    committed before the loop. The barrier also means that the last pair's reads of shared memory
+    are done."""
     async_copy.commit_group()
     async_copy.wait_group(1)
     gl.thread_barrier()
