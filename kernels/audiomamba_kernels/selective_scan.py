@@ -37,7 +37,7 @@ each takes some of the states and writes its own partial of gu and gdelta, since
 64 states x 32 samples spills one warp's registers. State and accumulation are fp32 whatever the
 input dtype.
 
-On Hopper GPUs at 16 states, the forward and the backward's gradients pass are Gluon kernels with
+On Hopper GPUs at 16 states, the forward and the backward's two chunk passes are Gluon kernels with
 time inside each thread (``selective_scan_gluon``), and the backward runs in chunks of 32: the
 forward saves its state every 32 samples when a backward will follow (``_backward_chunk``; the
 Triton forward, switched to, then saves the state at the middle of each chunk too), and the
