@@ -274,6 +274,7 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     # pair 0's A and bias, and its incoming state, carried adjoint and D (D_ptr is u's without D: read, unused)
     nxt = _pair_channels(A_ptr, bias_ptr, a_rows0, d0, HAS_BIAS) + (
         gl.load(incoming_ptr + saved0), gl.load(carry_in_ptr + saved0), gl.load(D_ptr + d0 + ch_s))
+    gdt_last = gl.zeros([CH, T], gl.float32, L_SPREAD)  # the last pair's gdelta
     for i in range(PAIRS):
         d = d0 + i * CH
         rows = rows0 + i * CH * L
@@ -304,6 +305,10 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
         rows_s.index(1).store(dt * u)
         rows_s.index(2).store(gy)
         gl.thread_barrier()
+        per_channel = (b * n_chunks + c) * n_ch + d
+        # gD's sum over the times here, where the scans' work hides its shuffles; and the last pair's gbias
+        gl.store(gD_ptr + per_channel + ch_s, gl.sum(gy * u, 1))
+        gl.store(gbias_ptr + per_channel - CH + ch_s, gl.sum(gdt_last, 1), mask=(ch_s >= 0) & (i > 0))
         # The adjoint, backwards in time, from the carried one at the chunk's last time. Each (CH, T)
         # row is loaded from shared memory where it is used, not kept through the scans: at 32
         # registers a row, keeping them spilled.
@@ -326,7 +331,6 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
         acc_C += h * rows_s.index(2).load(L_CT)[:, None, :]
         g_decay = lam * (h - drive)  # d loss / d (dt A) = lambda[t] a[t] h[t-1]
         sums_s.slice(CH, CH).store(g_decay * A[:, :, None])
-        per_channel = (b * n_chunks + c) * n_ch + d
         gl.store(gA_ptr + (per_channel + ch_cn[:, None]) * N + n_cn[None, :], gl.sum(g_decay * dt3, 2))
         gl.thread_barrier()
         # Sums over the states, back in the spread layout
@@ -341,8 +345,8 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
         gdt = gl.where(t_ok, gdt, 0.0)
         gl.store(gdelta_ptr + rows, gdt.to(gdelta_ptr.dtype.element_ty), mask=t_ok)
         gl.store(gu_ptr + rows, gu.to(gu_ptr.dtype.element_ty), mask=t_ok)
-        gl.store(gD_ptr + per_channel + ch_s, gl.sum(gy * u, 1))
-        gl.store(gbias_ptr + per_channel + ch_s, gl.sum(gdt, 1))
+        gdt_last = gdt  # summed over its times in the next pair's iteration (or after the loop)
+    gl.store(gbias_ptr + (b * n_chunks + c) * n_ch + d0 + BLOCK - CH + ch_s, gl.sum(gdt_last, 1))
     # This block's partial sums of gB and gC, the offsets and mask made again here: kept through the
     # loop, they would take registers
     part = blk * gl.num_programs(1) * N * L
