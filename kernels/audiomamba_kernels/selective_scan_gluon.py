@@ -82,18 +82,21 @@ def _layouts(warps: int) -> tuple:
     """The layouts of (CH = 2 x ``warps`` channels, N states, T times) tiles, a channel pair a warp,
     whose lane (channel, state) holds T times: the tile (CH, N, T); its slices (CH, T), a channel's
     times in each of its state lanes; (N, T), a state's times; (CH, N), one value a lane; (N, T / 2),
-    a state's times as bf16 pairs; (CH, T) spread over the warp, 2 times a lane; and (CH, N, T)
-    for sums over the states, each lane holding the N states of its 2 times."""
+    a state's times as bf16 pairs; (CH, T) spread over the warp, 2 times a lane; (CH, N, T) for sums
+    over the states, each lane holding the N states of its 2 times; and (CH, T / 2), the spread
+    layout's times as bf16 pairs."""
     tile = gl.BlockedLayout([1, 1, CHUNK], [2, N_STATES, 1], [warps, 1, 1], [2, 1, 0])
     pairs = gl.BlockedLayout([1, 1, CHUNK // 2], [2, N_STATES, 1], [warps, 1, 1], [2, 1, 0])
     spread = gl.BlockedLayout([1, 2], [2, 16], [warps, 1], [1, 0])
     sums = gl.BlockedLayout([1, N_STATES, 2], [2, 1, 16], [warps, 1, 1], [1, 2, 0])
+    spread_pairs = gl.BlockedLayout([1, 1], [2, 16], [warps, 1], [1, 0])
     return tuple(gl.constexpr(x) for x in (tile, gl.SliceLayout(1, tile), gl.SliceLayout(0, tile),
-                                           gl.SliceLayout(2, tile), gl.SliceLayout(0, pairs), spread, sums))
+                                           gl.SliceLayout(2, tile), gl.SliceLayout(0, pairs), spread, sums,
+                                           spread_pairs))
 
 
-L3, L_CT, L_NT, L_CN, L_PAIRS, L_SPREAD, L_SUM = _layouts(1)  # the backward's, one warp
-F3, F_CT, F_NT, F_CN, F_PAIRS, F_SPREAD, F_SUM = _layouts(FORWARD_WARPS)  # the forward's
+L3, L_CT, L_NT, L_CN, L_PAIRS, L_SPREAD, L_SUM, _ = _layouts(1)  # the backward's, one warp
+F3, F_CT, F_NT, F_CN, F_PAIRS, F_SPREAD, F_SUM, F_SPREAD_PAIRS = _layouts(FORWARD_WARPS)  # the forward's
 F_CH = gl.constexpr(2 * FORWARD_WARPS)  # the forward's channels a program
 FLAT = gl.constexpr(gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
 SWZ = gl.constexpr(gl.SwizzledSharedLayout(4, 1, 8, [2, 1, 0]))  # 16-byte pieces XOR-swizzled by row
@@ -428,23 +431,39 @@ def _take_last(a, b):
 
 
 @gluon.jit
-def _row_mask(c, L):
-    """Which of chunk c's (CH, T) times lie in the sequence [0, L)."""
-    t = c * T_ + gl.arange(0, T_, layout=gl.SliceLayout(0, F_SPREAD))
-    return ((t >= 0) & (t < L))[None, :] & (gl.arange(0, F_CH, layout=gl.SliceLayout(1, F_SPREAD)) >= 0)[:, None]
+def _row_mask(c, L, STEP: gl.constexpr = 1, layout: gl.constexpr = F_SPREAD):
+    """Which of chunk c's (CH, T / STEP) times (every STEP-th time) lie in the sequence [0, L)."""
+    t = c * T_ + STEP * gl.arange(0, T_ // STEP, layout=gl.SliceLayout(0, layout))
+    return ((t >= 0) & (t < L))[None, :] & (gl.arange(0, F_CH, layout=gl.SliceLayout(1, layout)) >= 0)[:, None]
 
 
 @gluon.jit
-def _forward_rows(delta_ptr, u_ptr, z_ptr, rows0, c, L, HAS_Z: gl.constexpr):
-    """Chunk c's rows of the channel pair (CH, T), as stored: raw delta, u and z (u again without z);
-    zeros past the end."""
-    ok = _row_mask(c, L)
-    at = rows0 + c * T_
-    u = gl.load(u_ptr + at, mask=ok, other=0.0)
+def _forward_rows(delta_ptr, u_ptr, z_ptr, rows0, c, L, HAS_Z: gl.constexpr, ROW_PAIRS: gl.constexpr):
+    """Chunk c's rows of the channel pairs, as stored: raw delta, u and z (u again without z), (CH, T);
+    zeros past the end. With ROW_PAIRS, bf16 rows read as int32 pairs (CH, T / 2) from offsets
+    ``rows0`` in pairs: carried through the loop as bf16, each pair was split into two registers at
+    the loop's end, and the warp waited there for loads meant for the next step (Nsight Compute,
+    session 37)."""
+    if ROW_PAIRS:
+        ok = _row_mask(c, L, 2, F_SPREAD_PAIRS)
+        at = rows0 + c * (T_ // 2)
+        pairs: gl.constexpr = gl.pointer_type(gl.int32)
+        delta_ptr, u_ptr, z_ptr = delta_ptr.to(pairs, bitcast=True), u_ptr.to(pairs, bitcast=True), z_ptr.to(
+            pairs, bitcast=True)
+    else:
+        ok = _row_mask(c, L)
+        at = rows0 + c * T_
+    u = gl.load(u_ptr + at, mask=ok, other=0)
     zz = u
     if HAS_Z:
-        zz = gl.load(z_ptr + at, mask=ok, other=0.0)
-    return gl.load(delta_ptr + at, mask=ok, other=0.0), u, zz
+        zz = gl.load(z_ptr + at, mask=ok, other=0)
+    return gl.load(delta_ptr + at, mask=ok, other=0), u, zz
+
+
+@gluon.jit
+def _row(x, ROW_PAIRS: gl.constexpr):
+    """A row from ``_forward_rows`` as (CH, T) fp32 in F_SPREAD."""
+    return _bf16_pairs(x, F_SPREAD) if ROW_PAIRS else x.to(gl.float32)
 
 
 @gluon.jit
@@ -459,28 +478,30 @@ def _forward_tiles(B_desc, C_desc, b, c, bar, tiles_buf):
 
 
 @gluon.jit
+def _bf16_pairs(x, layout: gl.constexpr):
+    """int32 pairs of bf16 values (R, K) as fp32 (R, 2K) in ``layout``: one shift or mask a value (a
+    bf16's fp32 value is its bits shifted up 16), where Triton's conversion takes two."""
+    low = (x << 16).to(gl.float32, bitcast=True)
+    high = (x & -65536).to(gl.float32, bitcast=True)
+    return gl.convert_layout(gl.reshape(gl.join(low, high), [x.shape[0], 2 * x.shape[1]]), layout)
+
+
+@gluon.jit
 def _tile(x, PAIRS: gl.constexpr):
-    """A loaded tile as (N, T) fp32 in F_NT. bf16 pairs cost one shift or mask a value (a bf16's fp32
-    value is its bits shifted up 16), where Triton's conversion takes two."""
-    if PAIRS:
-        low = (x << 16).to(gl.float32, bitcast=True)
-        high = (x & -65536).to(gl.float32, bitcast=True)
-        tile = gl.convert_layout(gl.reshape(gl.join(low, high), [N_, T_]), F_NT)
-    else:
-        tile = x.to(gl.float32)
-    return tile
+    """A loaded tile as (N, T) fp32 in F_NT."""
+    return _bf16_pairs(x, F_NT) if PAIRS else x.to(gl.float32)
 
 
 @gluon.jit
 def _forward_deltas(rows, c, L, bias, dt_sum, rows_buf, dt_sum_ptr, sums_at, n_chunks, EVERY: gl.constexpr,
-                    SOFTPLUS: gl.constexpr):
+                    SOFTPLUS: gl.constexpr, ROW_PAIRS: gl.constexpr):
     """Phase 1 of chunk c: its delta and delta u from its rows, spread over the warp, into
     ``rows_buf`` (two (CH, T) buffers) for the state lanes. Adds delta to ``dt_sum`` (CH,),
     written every EVERY chunks; returns the sums not yet written."""
     raw, u, _z = rows
-    dt, _x = _delta(raw, bias, _row_mask(c, L), SOFTPLUS)
+    dt, _x = _delta(_row(raw, ROW_PAIRS), bias, _row_mask(c, L), SOFTPLUS)
     rows_buf[0].store(dt)
-    rows_buf[1].store(dt * u.to(gl.float32))
+    rows_buf[1].store(dt * _row(u, ROW_PAIRS))
     dt_sum += gl.sum(dt, 1)
     saved = ((c % EVERY == EVERY - 1) | (c == n_chunks - 1)) & (c < n_chunks)
     gl.store(dt_sum_ptr + sums_at + c // EVERY, dt_sum, mask=saved & (sums_at >= 0))
@@ -508,7 +529,7 @@ def _forward_states(rows_buf, tiles_buf, bar, A2, h, sums_buf, c, n_chunks, inco
 
 @gluon.jit
 def _forward_output(sums_buf, uz, c, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE: gl.constexpr, HAS_D: gl.constexpr,
-                    HAS_Z: gl.constexpr):
+                    HAS_Z: gl.constexpr, ROW_PAIRS: gl.constexpr):
     """Phase 3 of chunk c: y (and y before the gate) from the sums over the states in ``sums_buf`` and
     the chunk's u and z; nothing is written outside the sequence."""
     u, zz = uz
@@ -516,19 +537,19 @@ def _forward_output(sums_buf, uz, c, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE: gl.c
     at = rows0 + c * T_
     y = gl.convert_layout(gl.sum(sums_buf.load(F_SUM), 1), F_SPREAD)
     if HAS_D:
-        y += D * u.to(gl.float32)
+        y += D * _row(u, ROW_PAIRS)
     if HAS_Z:
         if SAVE_PRE:
             gl.store(pre_ptr + at, y.to(pre_ptr.dtype.element_ty), mask=ok)
-        zz = zz.to(gl.float32)
+        zz = _row(zz, ROW_PAIRS)
         y = y * zz * _sigmoid(zz)
     gl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=ok)
 
 
 @gluon.jit
-def _forward_step(c, rows_next, uz_prev, uz, h, dt_sum, buffers, other_buffers, ptrs, rows0, b, L, n_chunks, saved0,
-                  sums_at, A2, bias, D, EVERY: gl.constexpr, SAVE_PRE: gl.constexpr, HAS_D: gl.constexpr,
-                  HAS_Z: gl.constexpr, SOFTPLUS: gl.constexpr, PAIRS: gl.constexpr):
+def _forward_step(c, rows_next, uz_prev, uz, h, dt_sum, buffers, other_buffers, ptrs, rows0, rows_in0, b, L, n_chunks,
+                  saved0, sums_at, A2, bias, D, EVERY: gl.constexpr, SAVE_PRE: gl.constexpr, HAS_D: gl.constexpr,
+                  HAS_Z: gl.constexpr, SOFTPLUS: gl.constexpr, PAIRS: gl.constexpr, ROW_PAIRS: gl.constexpr):
     """One step of the software pipeline: chunk c+1's tiles sent for and its phase 1, chunk c-1's
     phase 3 and chunk c's phase 2, with no barrier between them, so that their instructions
     interleave; then one barrier. Chunk c's phases use ``buffers`` (its rows, sums and tiles in
@@ -538,13 +559,13 @@ def _forward_step(c, rows_next, uz_prev, uz, h, dt_sum, buffers, other_buffers, 
     u_ptr, delta_ptr, B_desc, C_desc, z_ptr, y_ptr, pre_ptr, incoming_ptr, dt_sum_ptr = ptrs
     rows_now_buf, sums_now_buf, tiles_now_buf, bar = buffers
     rows_next_buf, sums_prev_buf, tiles_next_buf, next_bar = other_buffers
-    rows_after = _forward_rows(delta_ptr, u_ptr, z_ptr, rows0, c + 2, L, HAS_Z)
+    rows_after = _forward_rows(delta_ptr, u_ptr, z_ptr, rows_in0, c + 2, L, HAS_Z, ROW_PAIRS)
     # The tiles' buffer was last read by chunk c-1's phase 2, before the last barrier
     fence_async_shared()
     _forward_tiles(B_desc, C_desc, b, c + 1, next_bar, tiles_next_buf)
     dt_sum = _forward_deltas(rows_next, c + 1, L, bias, dt_sum, rows_next_buf, dt_sum_ptr, sums_at, n_chunks,
-                             EVERY, SOFTPLUS)
-    _forward_output(sums_prev_buf, uz_prev, c - 1, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE, HAS_D, HAS_Z)
+                             EVERY, SOFTPLUS, ROW_PAIRS)
+    _forward_output(sums_prev_buf, uz_prev, c - 1, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE, HAS_D, HAS_Z, ROW_PAIRS)
     h = _forward_states(rows_now_buf, tiles_now_buf, bar, A2, h, sums_now_buf, c, n_chunks, incoming_ptr, saved0,
                         EVERY, PAIRS)
     gl.thread_barrier()
@@ -556,10 +577,10 @@ def _scan_forward(u_ptr, delta_ptr, A_ptr, B_desc, C_desc, D_ptr, z_ptr, bias_pt
                   init_ptr, incoming_ptr, dt_sum_ptr, final_ptr, n_ch, L_UNITS,
                   L_ALIGN: gl.constexpr, EVERY: gl.constexpr, SAVE_PRE: gl.constexpr, HAS_INIT: gl.constexpr,
                   HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
-                  PAIRS: gl.constexpr):
+                  PAIRS: gl.constexpr, ROW_PAIRS: gl.constexpr):
     """The forward for channels d to d + CH - 1 of batch row b, a channel pair a warp: see the module's docstring.
     B_desc and C_desc: TMA descriptors of B and C as (batch * N, L) (bf16 pairs as int32 with
-    PAIRS), (N, T) blocks."""
+    PAIRS), (N, T) blocks. ROW_PAIRS: u, delta and z are bf16 read as int32 pairs (L even)."""
     CH: gl.constexpr = F_CH
     b = gl.program_id(0)
     d = gl.program_id(1) * CH
@@ -581,6 +602,10 @@ def _scan_forward(u_ptr, delta_ptr, A_ptr, B_desc, C_desc, D_ptr, z_ptr, bias_pt
     ch_cn = gl.arange(0, CH, layout=gl.SliceLayout(1, F_CN))
     n_cn = gl.arange(0, N_, layout=gl.SliceLayout(0, F_CN))
     rows0 = (b * n_ch + d + ch_s[:, None]) * L + gl.arange(0, T_, layout=gl.SliceLayout(0, F_SPREAD))[None, :]
+    rows_in0 = rows0  # where the rows are read, in their elements or with ROW_PAIRS in pairs
+    if ROW_PAIRS:
+        rows_in0 = ((b * n_ch + d + gl.arange(0, CH, layout=gl.SliceLayout(1, F_SPREAD_PAIRS))[:, None]) * (L // 2)
+                    + gl.arange(0, T_ // 2, layout=gl.SliceLayout(0, F_SPREAD_PAIRS))[None, :])
     states = (b * n_ch + d + ch_cn[:, None]) * N_ + n_cn[None, :]  # (CH, N): (batch row, channel, state)
     # the same in the saved (batch, channel, chunk, state) tensor, at chunk 0
     saved0 = (b * n_ch + d + ch_cn[:, None]) * n_saved * N_ + n_cn[None, :]
@@ -597,27 +622,28 @@ def _scan_forward(u_ptr, delta_ptr, A_ptr, B_desc, C_desc, D_ptr, z_ptr, bias_pt
     if HAS_D:
         D = gl.load(D_ptr + d + ch_s)[:, None]
     ptrs = (u_ptr, delta_ptr, B_desc, C_desc, z_ptr, y_ptr, pre_ptr, incoming_ptr, dt_sum_ptr)
-    sizes = (rows0, b, L, n_chunks, saved0, sums_at, A2, bias, D)
+    sizes = (rows0, rows_in0, b, L, n_chunks, saved0, sums_at, A2, bias, D)
     even = ((dt_s.index(0), du_s.index(0)), sums_s.index(0), (B_s.index(0), C_s.index(0)), bars.index(0))
     odd = ((dt_s.index(1), du_s.index(1)), sums_s.index(1), (B_s.index(1), C_s.index(1)), bars.index(1))
     # The pipeline's start: chunk 0's tiles sent for and its phase 1, chunk 1's rows
     _forward_tiles(B_desc, C_desc, b, 0, bars.index(0), even[2])
-    rows = _forward_rows(delta_ptr, u_ptr, z_ptr, rows0, 0, L, HAS_Z)
+    rows = _forward_rows(delta_ptr, u_ptr, z_ptr, rows_in0, 0, L, HAS_Z, ROW_PAIRS)
     dt_sum = _forward_deltas(rows, 0, L, bias, gl.zeros([CH], gl.float32, gl.SliceLayout(1, F_SPREAD)), even[0],
-                             dt_sum_ptr, sums_at, n_chunks, EVERY, SOFTPLUS)
+                             dt_sum_ptr, sums_at, n_chunks, EVERY, SOFTPLUS, ROW_PAIRS)
     uz = (rows[1], rows[2])
     uz_prev = uz  # chunk -1's phase 3 writes nothing
-    rows = _forward_rows(delta_ptr, u_ptr, z_ptr, rows0, 1, L, HAS_Z)
+    rows = _forward_rows(delta_ptr, u_ptr, z_ptr, rows_in0, 1, L, HAS_Z, ROW_PAIRS)
     gl.thread_barrier()
     # Two steps a loop (the buffers alternate, and the loads' registers carry over the loop's edge as
     # they are), to an even number of chunks: one past the end is all masked
     steps = gl.cdiv(n_chunks, 2) * 2
     for c in range(0, steps, 2):
         rows, uz_prev, uz, h, dt_sum = _forward_step(c, rows, uz_prev, uz, h, dt_sum, even, odd, ptrs, *sizes, EVERY,
-                                                     SAVE_PRE, HAS_D, HAS_Z, SOFTPLUS, PAIRS)
+                                                     SAVE_PRE, HAS_D, HAS_Z, SOFTPLUS, PAIRS, ROW_PAIRS)
         rows, uz_prev, uz, h, dt_sum = _forward_step(c + 1, rows, uz_prev, uz, h, dt_sum, odd, even, ptrs, *sizes,
-                                                     EVERY, SAVE_PRE, HAS_D, HAS_Z, SOFTPLUS, PAIRS)
-    _forward_output(sums_s.index(1), uz_prev, steps - 1, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE, HAS_D, HAS_Z)
+                                                     EVERY, SAVE_PRE, HAS_D, HAS_Z, SOFTPLUS, PAIRS, ROW_PAIRS)
+    _forward_output(sums_s.index(1), uz_prev, steps - 1, rows0, L, D, y_ptr, pre_ptr, SAVE_PRE, HAS_D, HAS_Z,
+                    ROW_PAIRS)
     gl.store(final_ptr + states, h)
     mbarrier.wait(bars.index(0), steps // 2 & 1)  # the last step sent for chunk `steps`' tiles (all zeros)
     mbarrier.invalidate(bars.index(0))
@@ -629,12 +655,15 @@ def forward(args, outputs, sizes, every: int, flags: dict) -> None:
     C, D, z, bias), ``outputs`` (y, y before the gate, the initial state, the saved incoming states,
     the delta sums, the final state), ``sizes`` (batch, channels, length in units of ``L_ALIGN``),
     with a state saved every ``every`` samples (a multiple of ``CHUNK``), and ``flags`` (L_ALIGN,
-    SAVE_PRE, HAS_INIT, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, PAIRS). ``forward_fits`` has passed."""
+    SAVE_PRE, HAS_INIT, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, PAIRS). ``forward_fits`` has passed. The
+    rows u, delta and z are read as int32 pairs where all are bf16, 4-byte aligned, of an even length."""
     batch, n_ch, L_UNITS = sizes
     u, delta, A, B, C, *rest = args
     B_desc, C_desc = (_tile_descriptor(x, flags["PAIRS"]) for x in (B, C))
+    row_pairs = flags["L_ALIGN"] % 2 == 0 and all(x.dtype == torch.bfloat16 and x.data_ptr() % 4 == 0
+                                                  for x in (u, delta, rest[1]))
     _scan_forward[(batch, n_ch // F_CH)](u, delta, A, B_desc, C_desc, *rest, *outputs, n_ch, L_UNITS,
-                                      EVERY=every // CHUNK, **_forward_options(), **flags)
+                                      EVERY=every // CHUNK, ROW_PAIRS=row_pairs, **_forward_options(), **flags)
 
 
 def _tile_descriptor(x: torch.Tensor, pairs: bool) -> TensorDescriptor:
@@ -688,7 +717,7 @@ def compile_for_hopper(kernel: str = "gradients", block: int = 64):
             "gz_ptr"}
     flags = dict(L_ALIGN=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
     if kernel == "forward":
-        constexprs = dict(flags, EVERY=1, SAVE_PRE=True, HAS_INIT=False, PAIRS=True)
+        constexprs = dict(flags, EVERY=1, SAVE_PRE=True, HAS_INIT=False, PAIRS=True, ROW_PAIRS=True)
         block = (N_STATES, CHUNK // 2)
         tiles = ("i32", block, _tile_layout(block, torch.int32))
         return gluon_dispatch.compile_for_sm90(_scan_forward, constexprs, rows, _forward_options(),
