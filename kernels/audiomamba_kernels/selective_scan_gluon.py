@@ -13,7 +13,8 @@ chunks of 32 in time order, the state carried in registers: h[t] = a[t] h[t-1] +
 It writes y (and y before the gate), and every 32 or 64 samples the incoming state and delta sum
 for the backward. Each chunk goes through three phases (its deltas; its states; its output), and a
 step of the loop runs chunk c+1's first, chunk c-1's last and chunk c's second with no barrier
-between them, on two buffers of shared memory. The TMA unit copies B's and C's tiles into shared
+between them, on two buffers of shared memory. bf16 rows are read a step ahead as int32 pairs,
+one register a pair until they are unpacked. The TMA unit copies B's and C's tiles into shared
 memory a chunk ahead, once for the program's warps, and the state lanes read them there: read
 directly in the state lanes' layout, each of a warp's loads touched 16 rows, and the L1's tag
 lookups bound the kernel (0.86 ms at the outer stage against 0.53; 0.41 by the TMA unit).
@@ -43,10 +44,11 @@ state) of a chunk, the sum over its times of exp(A cumsum(dt)[t]) C[t] gy[t], in
 The plain-Triton passes lay time across lanes, and many of their instructions go to the scans'
 shuffles: 42 a state element in the gradients pass against 27 here, 18.5 in the forward against
 14 (``kernels/sass_count.py``). Measured on an H200 (BENCHMARKS.md, "Selective-scan kernels,
-sessions 33 to 36"): at the outer stage (B=16, D=128, L=16000), the forward 0.41 ms against the
-Triton forward's 0.55; fwd+bwd 1.73 ms, 1.84 with the rows loaded into registers, 1.91 with the
-adjoint handed back by Triton too, 2.27 with the Triton forward as well, 2.41 with all three in
-Triton (the last two before the saved states' layout changed).
+sessions 33 to 37"): at the outer stage (B=16, D=128, L=16000), the forward 0.38 ms (0.41 with its
+bf16 rows carried as bf16) against the Triton forward's 0.55; fwd+bwd 1.67 ms; in session 36's
+code (1.73 ms), 1.84 with the backward's rows loaded into registers, 1.91 with the adjoint handed
+back by Triton too, 2.27 with the Triton forward as well, 2.41 with all three in Triton (the last
+two before the saved states' layout changed).
 
 Gluon kernels do not run under the Triton interpreter. So CI compiles them for sm_90
 (``compile_for_hopper``), and the GPU tests check their numbers against the reference and the
