@@ -450,8 +450,9 @@ def _forward_rows(delta_ptr, u_ptr, z_ptr, rows0, c, L, HAS_Z: gl.constexpr, ROW
         ok = _row_mask(c, L, 2, F_SPREAD_PAIRS)
         at = rows0 + c * (T_ // 2)
         pairs: gl.constexpr = gl.pointer_type(gl.int32)
-        delta_ptr, u_ptr, z_ptr = delta_ptr.to(pairs, bitcast=True), u_ptr.to(pairs, bitcast=True), z_ptr.to(
-            pairs, bitcast=True)
+        delta_ptr = delta_ptr.to(pairs, bitcast=True)
+        u_ptr = u_ptr.to(pairs, bitcast=True)
+        z_ptr = z_ptr.to(pairs, bitcast=True)
     else:
         ok = _row_mask(c, L)
         at = rows0 + c * T_
