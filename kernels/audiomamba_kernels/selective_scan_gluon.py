@@ -663,8 +663,9 @@ def forward(args, outputs, sizes, every: int, flags: dict) -> None:
     batch, n_ch, L_UNITS = sizes
     u, delta, A, B, C, *rest = args
     B_desc, C_desc = (_tile_descriptor(x, flags["PAIRS"]) for x in (B, C))
+    z = args[6]  # u where the scan has no z
     row_pairs = flags["L_ALIGN"] % 2 == 0 and all(x.dtype == torch.bfloat16 and x.data_ptr() % 4 == 0
-                                                  for x in (u, delta, rest[1]))
+                                                  for x in (u, delta, z))
     _scan_forward[(batch, n_ch // F_CH)](u, delta, A, B_desc, C_desc, *rest, *outputs, n_ch, L_UNITS,
                                       EVERY=every // CHUNK, ROW_PAIRS=row_pairs, **_forward_options(), **flags)
 
