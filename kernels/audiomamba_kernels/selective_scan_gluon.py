@@ -155,6 +155,15 @@ def _combine(a1, b1, a2, b2):
 
 
 @gluon.jit
+def _combine_fused(a1, b1, a2, b2):
+    """_combine with its sum one FMA of the carried value. Written a2 * b1 + b2, the compiler may fuse
+    b2's own product into the FMA instead and leave a2 * b1 a separate multiply: two dependent
+    instructions a time on the scan's chain. The gradients pass gains by it; the forward lost
+    (H200, session 38: BENCHMARKS.md), so it keeps _combine."""
+    return a1 * a2, gl.fma(a2, b1, b2)
+
+
+@gluon.jit
 def _flip(x, CH: gl.constexpr, N: gl.constexpr, T: gl.constexpr, BITS: gl.constexpr):
     """x (CH, N, T = 2^BITS) reversed along T, which each thread holds whole: every bit of the time
     index flipped, one size-2 axis at a time."""
@@ -323,7 +332,7 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
         lam_in = tiles_s.index(1).load(L_NT)[None, :, :] * rows_s.index(2).load(L_CT)[:, None, :]
         lam_in = gl.where(last, lam_in + carry[:, :, None], lam_in)
         lam = _flip(gl.associative_scan((_flip(a_next, CH, N, T, BITS), _flip(lam_in, CH, N, T, BITS)), 2,
-                                        _combine)[1], CH, N, T, BITS)
+                                        _combine_fused)[1], CH, N, T, BITS)
         du3 = rows_s.index(1).load(L_CT)[:, None, :]
         acc_B += lam * du3
         B_tile = tiles_s.index(0).load(L_NT)[None, :, :]
@@ -332,7 +341,7 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
         dt3 = rows_s.index(0).load(L_CT)[:, None, :]
         a = gl.exp2(dt3 * A2[:, :, None])
         drive = du3 * B_tile
-        h = gl.associative_scan((a, gl.where(first, drive + a * h0[:, :, None], drive)), 2, _combine)[1]
+        h = gl.associative_scan((a, gl.where(first, drive + a * h0[:, :, None], drive)), 2, _combine_fused)[1]
         acc_C += h * rows_s.index(2).load(L_CT)[:, None, :]
         g_decay = lam * (h - drive)  # d loss / d (dt A) = lambda[t] a[t] h[t-1]
         sums_s.slice(CH, CH).store(g_decay * A[:, :, None])
