@@ -61,7 +61,7 @@ from audiomamba_kernels import gluon_dispatch
 from audiomamba_kernels.eager_function import for_caller, plain_function
 from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
 
-BLOCK_D = 64  # channels per chunk program at most (their B, C tiles are loaded once; see _tiles)
+BLOCK_D = 128  # channels per chunk program at most (their B, C tiles are loaded once; see _tiles)
 MAX_CHUNK = 64  # samples per chunk at most (tests lower both to exercise many chunks cheaply)
 TILE = 2048  # elements of an (n, T) tile: the chunk length is TILE / n, within [16, MAX_CHUNK]
 NUM_WARPS = 1  # warps per program of the chunk kernels (kernels/tune.py on H100: 1 warp, 64-sample chunks)
@@ -522,13 +522,19 @@ def _backward_chunk(u, m, backward_follows: bool) -> int:
 def _tiles(m, backward: bool):
     """The chunk kernels' tile settings, from the module defaults (which tests and kernels/tune.py
     change). A program runs BLOCK = min(BLOCK_D, channels) channels, one after another, reusing its
-    B and C tiles. More channels a program also means fewer partial sums of gB and gC to write and
-    add up: on the H200, 64 against 16 cut fwd+bwd by 1.8-3.1% at the outer, middle and LM-like
-    shapes of kernels/bench.py and a sc09_mamba training step by 1.5% (BENCHMARKS.md, session 31). A backward program takes N_PAD of
+    B and C tiles; where they do not come in whole blocks of BLOCK_D, half of that, so that the Gluon
+    backward, which takes whole blocks only, still runs at widths such as 192. More channels a
+    program also means fewer partial sums of gB and gC to write and add up: on the H200, 64 against
+    16 cut fwd+bwd by 1.8-3.1% at the outer, middle and LM-like shapes of kernels/bench.py and a
+    sc09_mamba training step by 1.5% (session 31); 128 against 64, with the Gluon backward, 2.2% at
+    the outer stage (one block: no partial sums), 1.1-1.4% at the middle and LM-like shapes, the
+    same at the center (session 38; 256 was 3% slower there). A backward program takes N_PAD of
     the states, GROUPS programs all of them: BACKWARD_TILE elements at most, since larger tiles
     spill (H200, outer stage fwd+bwd: n = 32 in one program 10.1 ms, in two 7.0; n = 64 in one
     program with 2 warps 22.0 ms, in two 13.6)."""
     block = min(BLOCK_D, m["n_ch"])
+    if m["n_ch"] % block:
+        block = min(max(1, BLOCK_D // 2), m["n_ch"])
     if not backward:
         return dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=m["N_PAD"], BLOCK=block, STAGES=LOOP_STAGES,
                     UNROLL=LOOP_UNROLL, num_warps=NUM_WARPS)
@@ -652,7 +658,11 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
         _scan_chunks_bwd[grid](*args, *sizes, GRADS=True, **common)
     if groups > 1:
         gu, gdelta = gu.sum(0).to(u.dtype), gdelta.sum(0).to(delta.dtype)
-    return (gu, gdelta, gA.sum((0, 1)), gB.sum(0), gC.sum(0), gD.sum((0, 1)) if D is not None else None, gz,
+    if blocks == 1:  # one channel block: its partial sums are the sums, and no pass over them is needed
+        gB, gC = gB[0], gC[0]
+    else:
+        gB, gC = gB.sum(0), gC.sum(0)
+    return (gu, gdelta, gA.sum((0, 1)), gB, gC, gD.sum((0, 1)) if D is not None else None, gz,
             gbias.sum((0, 1, 2)) if bias is not None else None, g_init)
 
 

@@ -722,7 +722,7 @@ def gradients(grid, args, sizes, tiles: dict, flags: dict) -> None:
                              num_warps=1, **flags)
 
 
-def compile_for_hopper(kernel: str = "gradients", block: int = 64):
+def compile_for_hopper(kernel: str = "gradients", block: int = 128):
     """A kernel ("gradients", "handed" or "forward") compiled for sm_90 (any machine; Triton ships the
     toolchain) as the Mamba block calls it in training, bf16 rows and B and C read as pairs: its
     SASS is in ``asm["cubin"]`` (``kernels/sass_count.py`` reads it)."""

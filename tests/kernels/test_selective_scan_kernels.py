@@ -59,7 +59,16 @@ def make_inputs(batch, d, n, length, dtype, with_z, with_d, with_bias):
 # channels: a full channel block of 64 and a partial one.
 SHAPES = [(2, 3, 4, 1), (2, 5, 16, 37), (1, 3, 12, 21), (1, 3, 64, 40)]  # the interpreter's n = 64: one channel block
 if torch.cuda.is_available():
-    SHAPES += [(1, 17, 16, 1000), (2, 40, 64, 300), (2, 80, 16, 500), (2, 128, 16, 4001), (1, 8, 16, 9000)]
+    # 272 channels: blocks of 64 (not whole blocks of BLOCK_D), the last one partly masked
+    SHAPES += [(1, 17, 16, 1000), (2, 40, 64, 300), (2, 80, 16, 500), (2, 128, 16, 4001), (1, 8, 16, 9000),
+               (1, 272, 16, 300)]
+
+
+def test_a_program_takes_block_d_channels_or_half_as_many_where_they_are_not_whole_blocks(monkeypatch):
+    monkeypatch.setattr(kernels, "BLOCK_D", 128)
+    blocks = {n_ch: kernels._tiles(dict(n_ch=n_ch, L_ALIGN=1, T=32, N_PAD=16), backward)["BLOCK"]
+              for n_ch in (6, 96, 128, 192, 256, 272) for backward in (False, True)}
+    assert blocks == {6: 6, 96: 96, 128: 128, 192: 64, 256: 128, 272: 64}
 
 
 @pytest.mark.parametrize("batch, d, n, length", SHAPES)
