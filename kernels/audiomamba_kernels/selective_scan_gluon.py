@@ -44,8 +44,8 @@ state) of a chunk, the sum over its times of exp(A cumsum(dt)[t]) C[t] gy[t], in
 The plain-Triton passes lay time across lanes, and many of their instructions go to the scans'
 shuffles: 42 a state element in the gradients pass against 27 here, 18.5 in the forward against
 14 (``kernels/sass_count.py``). Measured on an H200 (BENCHMARKS.md, "Selective-scan kernels,
-sessions 33 to 37"): at the outer stage (B=16, D=128, L=16000), the forward 0.38 ms (0.41 with its
-bf16 rows carried as bf16) against the Triton forward's 0.55; fwd+bwd 1.67 ms; in session 36's
+sessions 33 to 38"): at the outer stage (B=16, D=128, L=16000), the forward 0.38 ms (0.41 with its
+bf16 rows carried as bf16) against the Triton forward's 0.55; fwd+bwd 1.63 ms; in session 36's
 code (1.73 ms), 1.84 with the backward's rows loaded into registers, 1.91 with the adjoint handed
 back by Triton too, 2.27 with the Triton forward as well, 2.41 with all three in Triton (the last
 two before the saved states' layout changed).
