@@ -55,20 +55,20 @@ def make_inputs(batch, d, n, length, dtype, with_z, with_d, with_bias):
 # of the block, N in {16, 64} and a state padded to a power of two (12: the kernels rely on padded
 # states and times reading as zeros), lengths whose largest power-of-two factor is 1, 4 or 8 (the
 # kernels compile for it); on the GPU, with the default tiles, up to 141 chunks (five tiles of the
-# pass across chunks, the last one partial), n = 64 split over two backward programs, and 80
-# channels: a full channel block of 64 and a partial one.
+# pass across chunks, the last one partial), n = 64 split over two backward programs, and 272
+# channels: four full channel blocks of 64 (272 is not whole blocks of 128) and a partial one.
 SHAPES = [(2, 3, 4, 1), (2, 5, 16, 37), (1, 3, 12, 21), (1, 3, 64, 40)]  # the interpreter's n = 64: one channel block
 if torch.cuda.is_available():
-    # 272 channels: blocks of 64 (not whole blocks of BLOCK_D), the last one partly masked
     SHAPES += [(1, 17, 16, 1000), (2, 40, 64, 300), (2, 80, 16, 500), (2, 128, 16, 4001), (1, 8, 16, 9000),
                (1, 272, 16, 300)]
 
 
 def test_a_program_takes_block_d_channels_or_half_as_many_where_they_are_not_whole_blocks(monkeypatch):
     monkeypatch.setattr(kernels, "BLOCK_D", 128)
-    blocks = {n_ch: kernels._tiles(dict(n_ch=n_ch, L_ALIGN=1, T=32, N_PAD=16), backward)["BLOCK"]
+    blocks = {(n_ch, backward): kernels._tiles(dict(n_ch=n_ch, L_ALIGN=1, T=32, N_PAD=16), backward)["BLOCK"]
               for n_ch in (6, 96, 128, 192, 256, 272) for backward in (False, True)}
-    assert blocks == {6: 6, 96: 96, 128: 128, 192: 64, 256: 128, 272: 64}
+    want = {6: 6, 96: 96, 128: 128, 192: 64, 256: 128, 272: 64}
+    assert blocks == {(n_ch, backward): block for n_ch, block in want.items() for backward in (False, True)}
 
 
 @pytest.mark.parametrize("batch, d, n, length", SHAPES)
