@@ -231,14 +231,14 @@ def main() -> None:
         print(f"\nthe passes' issue bound: forward {total[False]:.3f} ms, "
               f"forward + backward {total[False] + total[True]:.3f} ms")
         if N == ssg.N_STATES:
-            print_gluon(batch, n_ch, L, issue_rate, args.arch)
+            print_gluon(batch, n_ch, L, issue_rate, args.arch, ss._tiles(m, backward=True)["BLOCK"])
 
 
-def print_gluon(batch: int, n_ch: int, L: int, issue_rate: float, arch: int) -> None:
+def print_gluon(batch: int, n_ch: int, L: int, issue_rate: float, arch: int, block: int) -> None:
     """The Gluon passes that replace the Triton ones on Hopper GPUs at 16 states
     (``selective_scan_gluon``): a warp a channel pair (``FORWARD_WARPS`` of them a forward program,
     one a backward program); one iteration of a warp's loop in the backward's passes is its pair
-    over one chunk of 32, in the forward over two chunks."""
+    over one chunk of 32, in the forward over two chunks; the backward's programs take ``block`` channels."""
     if arch != 90:
         return
     print("\n| pass | warps | registers | stack bytes | loop instructions (spill loads and stores) "
@@ -248,7 +248,7 @@ def print_gluon(batch: int, n_ch: int, L: int, issue_rate: float, arch: int) -> 
     for name, kernel, chunks, warps in [("forward, Gluon, one pass", "forward", 2, ssg.FORWARD_WARPS),
                                         (f"backward: adjoint handed back, Gluon, {at_chunks}", "handed", 1, 1),
                                         (f"backward: gradients, Gluon, {at_chunks}", "gradients", 1, 1)]:
-        profile = loop_profile(ssg.compile_for_hopper(kernel, block=min(ss.BLOCK_D, n_ch)).asm["cubin"])
+        profile = loop_profile(ssg.compile_for_hopper(kernel, block=block).asm["cubin"])
         ops, count = profile["opcodes"], sum(profile["opcodes"].values())
         per_thread = chunks * 2 * ssg.CHUNK * ssg.N_STATES / 32
         bound_ms = count / chunks * batch * (n_ch // 2) * -(-L // ssg.CHUNK) / issue_rate * 1e3
