@@ -61,7 +61,8 @@ from audiomamba_kernels import gluon_dispatch
 from audiomamba_kernels.eager_function import for_caller, plain_function
 from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
 
-BLOCK_D = 128  # channels per chunk program at most (their B, C tiles are loaded once; see _tiles)
+BLOCK_D = 128  # channels per backward chunk program at most (their B, C tiles are loaded once; see _tiles)
+FORWARD_BLOCK_D = 64  # channels per program of the chunked forward (more than SEQUENTIAL_MAX_STATES states)
 MAX_CHUNK = 64  # samples per chunk at most (tests lower both to exercise many chunks cheaply)
 TILE = 2048  # elements of an (n, T) tile: the chunk length is TILE / n, within [16, MAX_CHUNK]
 NUM_WARPS = 1  # warps per program of the chunk kernels (kernels/tune.py on H100: 1 warp, 64-sample chunks)
@@ -521,23 +522,25 @@ def _backward_chunk(u, m, backward_follows: bool) -> int:
 
 def _tiles(m, backward: bool):
     """The chunk kernels' tile settings, from the module defaults (which tests and kernels/tune.py
-    change). A program runs BLOCK = min(BLOCK_D, channels) channels, one after another, reusing its
+    change). A backward program runs BLOCK = min(BLOCK_D, channels) channels, one after another, reusing its
     B and C tiles; where they do not come in whole blocks of BLOCK_D, half of that, so that the Gluon
     backward, which takes whole blocks only, still runs at widths such as 192. More channels a
     program also means fewer partial sums of gB and gC to write and add up: on the H200, 64 against
     16 cut fwd+bwd by 1.8-3.1% at the outer, middle and LM-like shapes of kernels/bench.py and a
     sc09_mamba training step by 1.5% (session 31); 128 against 64, with the Gluon backward, 2.2% at
     the outer stage (one block: no partial sums), 1.1-1.4% at the middle and LM-like shapes, the
-    same at the center (session 38; 256 was 3% slower there). A backward program takes N_PAD of
+    same at the center (session 38; 256 was 3% slower there). The chunked forward, which runs only
+    for more than SEQUENTIAL_MAX_STATES states and needs no whole blocks, takes FORWARD_BLOCK_D
+    channels: at 64 states, 2.04 ms against 2.10 at 128 (session 39). A backward program takes N_PAD of
     the states, GROUPS programs all of them: BACKWARD_TILE elements at most, since larger tiles
     spill (H200, outer stage fwd+bwd: n = 32 in one program 10.1 ms, in two 7.0; n = 64 in one
     program with 2 warps 22.0 ms, in two 13.6)."""
+    if not backward:
+        return dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=m["N_PAD"], BLOCK=min(FORWARD_BLOCK_D, m["n_ch"]),
+                    STAGES=LOOP_STAGES, UNROLL=LOOP_UNROLL, num_warps=NUM_WARPS)
     block = min(BLOCK_D, m["n_ch"])
     if m["n_ch"] % block:
         block = min(max(1, BLOCK_D // 2), m["n_ch"])
-    if not backward:
-        return dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=m["N_PAD"], BLOCK=block, STAGES=LOOP_STAGES,
-                    UNROLL=LOOP_UNROLL, num_warps=NUM_WARPS)
     group = max(1, min(m["N_PAD"], BACKWARD_TILE // m["T"]))
     return dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=group, GROUPS=m["N_PAD"] // group, BLOCK=block,
                 STAGES=LOOP_STAGES, UNROLL=LOOP_UNROLL, num_warps=NUM_WARPS)

@@ -22,6 +22,7 @@ def _small_tiles_under_the_interpreter(monkeypatch):
     if DEVICE == "cpu":
         monkeypatch.setattr(kernels, "MAX_CHUNK", 16)
         monkeypatch.setattr(kernels, "BLOCK_D", 4)
+        monkeypatch.setattr(kernels, "FORWARD_BLOCK_D", 4)
         monkeypatch.setattr(kernels, "PASS_CHUNKS", 2)
         monkeypatch.setattr(kernels, "BACKWARD_TILE", 8 * 16)
 
@@ -63,12 +64,18 @@ if torch.cuda.is_available():
                (1, 272, 16, 300)]
 
 
-def test_a_program_takes_block_d_channels_or_half_as_many_where_they_are_not_whole_blocks(monkeypatch):
+def test_a_backward_program_takes_block_d_channels_or_half_as_many_where_they_are_not_whole_blocks(monkeypatch):
     monkeypatch.setattr(kernels, "BLOCK_D", 128)
-    blocks = {(n_ch, backward): kernels._tiles(dict(n_ch=n_ch, L_ALIGN=1, T=32, N_PAD=16), backward)["BLOCK"]
-              for n_ch in (6, 96, 128, 192, 256, 272) for backward in (False, True)}
-    want = {6: 6, 96: 96, 128: 128, 192: 64, 256: 128, 272: 64}
-    assert blocks == {(n_ch, backward): block for n_ch, block in want.items() for backward in (False, True)}
+    blocks = {n_ch: kernels._tiles(dict(n_ch=n_ch, L_ALIGN=1, T=32, N_PAD=16), backward=True)["BLOCK"]
+              for n_ch in (6, 96, 128, 192, 256, 272)}
+    assert blocks == {6: 6, 96: 96, 128: 128, 192: 64, 256: 128, 272: 64}
+
+
+def test_a_forward_program_takes_forward_block_d_channels_whole_blocks_or_not(monkeypatch):
+    monkeypatch.setattr(kernels, "FORWARD_BLOCK_D", 64)
+    blocks = {n_ch: kernels._tiles(dict(n_ch=n_ch, L_ALIGN=1, T=32, N_PAD=64), backward=False)["BLOCK"]
+              for n_ch in (6, 96, 128, 272)}
+    assert blocks == {6: 6, 96: 64, 128: 64, 272: 64}
 
 
 @pytest.mark.parametrize("batch, d, n, length", SHAPES)
