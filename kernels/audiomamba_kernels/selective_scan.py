@@ -62,7 +62,7 @@ from audiomamba_kernels.eager_function import for_caller, plain_function
 from audiomamba_kernels.pdl import launch_options, release_dependents, wait_for_inputs
 
 BLOCK_D = 128  # channels per backward chunk program at most (their B, C tiles are loaded once; see _tiles)
-FORWARD_BLOCK_D = 64  # channels per program of the chunked forward (more than SEQUENTIAL_MAX_STATES states)
+FORWARD_BLOCK_D = 32  # channels per program of the chunked forward (more than SEQUENTIAL_MAX_STATES states)
 MAX_CHUNK = 64  # samples per chunk at most (tests lower both to exercise many chunks cheaply)
 TILE = 2048  # elements of an (n, T) tile: the chunk length is TILE / n, within [16, MAX_CHUNK]
 NUM_WARPS = 1  # warps per program of the chunk kernels (kernels/tune.py on H100: 1 warp, 64-sample chunks)
@@ -74,6 +74,9 @@ LOOP_UNROLL = 1  # unroll factor of that loop
 SEQUENTIAL_MAX_STATES = 16
 GLUON = True  # the Gluon forward and backward passes where they fit (tests and benchmarks turn them off to compare)
 PASS_CHUNKS = 32  # chunks that _pass_chunks scans at a time (an (n, PASS_CHUNKS) tile; 32-128 time the same on H100)
+# _sum_partials' (rows, columns) tile, 8 warps: on the H200 the outer stage's 73 MB of partial sums in
+# 26.8 us, against 32.5 for torch's sum over them and 60 for three sums over separate tensors (session 39)
+SUM_ROWS, SUM_COLUMNS = 128, 8
 # Measured (BENCHMARKS.md, "Generation, session 24"): from these batches the SSM step runs x_proj and
 # dt_proj first, 16 rows a program, then the update; bf16 projections of fewer than 512 channels
 # (half the bytes for the fused kernel to read) pay only from the larger batch.
@@ -386,14 +389,15 @@ def _pass_chunks(A_ptr, chunk_ptr, dt_sum_ptr, carry_in_ptr, init_ptr, final_ptr
 @triton.jit
 def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gy_ptr, pre_ptr,
                      incoming_ptr, first_ptr, carry_in_ptr,
-                     gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr,
+                     gu_ptr, gdelta_ptr, gz_ptr, sums_ptr, gB_ptr, gC_ptr,
                      n_ch, L_UNITS, N, n_chunks,
                      L_ALIGN: tl.constexpr, T: tl.constexpr, N_PAD: tl.constexpr, GROUPS: tl.constexpr,
                      BLOCK: tl.constexpr, STAGES: tl.constexpr, UNROLL: tl.constexpr, GRADS: tl.constexpr,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """GRADS=False: per chunk, a[first] * lambda_local[first] (the adjoint a chunk hands to the one
     before it). GRADS=True: every gradient, from the adjoint carried in from later chunks; gA, gD
-    and gbias as one partial sum per (batch row, chunk), gB and gC as one per channel block. gz
+    and gbias as one partial sum per (batch row, chunk), in that chunk's row of ``sums`` (see
+    ``_sum_partials``), gB and gC as one per channel block. gz
     comes from the forward's output before the gate (``pre_ptr``), so no C h sum is needed here.
 
     The states are split into GROUPS groups of N_PAD, one program each: only gu, gdelta and gbias
@@ -405,6 +409,7 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     L = L_UNITS * L_ALIGN  # the length, known to the compiler as a multiple of L_ALIGN (see _prepare)
     t, n, t_ok, n_ok, tile_ok, bc_offsets = _chunk_layout(c, b, L, N, T, N_PAD, group * N_PAD)
     partial = group.to(tl.int64) * tl.num_programs(1) * n_ch * L if GROUPS > 1 else 0  # its slice of gu, gdelta
+    sums_row = sums_ptr + (b * n_chunks + c).to(tl.int64) * n_ch * (N + 1 + GROUPS)  # see _sum_partials
     rows = (delta_ptr, bias_ptr, u_ptr, z_ptr, gy_ptr, pre_ptr, A_ptr, incoming_ptr, carry_in_ptr)
     flags = (BLOCK, HAS_BIAS, HAS_Z, True, GRADS and HAS_Z, GRADS, GRADS)
     raw_n, bias_n, u_n, z_n, g_n, pre_n, A_n, h0_n, carry_n = _channel_inputs(*rows, blk, 0, b, c, n_ch, L, N,
@@ -461,11 +466,9 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             gdt = tl.where(mask, gdt, 0.0)
             tl.store(gdelta_ptr + partial + row + t, gdt.to(gdelta_ptr.dtype.element_ty), mask=mask)
             tl.store(gu_ptr + partial + row + t, gu.to(gu_ptr.dtype.element_ty), mask=mask)
-            per_channel = (b * n_chunks + c) * n_ch + d
-            tl.store(gA_ptr + per_channel * N + n, tl.sum(g_decay * dt[None, :], axis=1), mask=n_ok & d_ok)
-            tl.store(gD_ptr + per_channel, tl.sum(gy * u, axis=0), mask=d_ok & (group == 0))
-            tl.store(gbias_ptr + group * tl.num_programs(1) * n_chunks * n_ch + per_channel, tl.sum(gdt, axis=0),
-                     mask=d_ok)
+            tl.store(sums_row + d * N + n, tl.sum(g_decay * dt[None, :], axis=1), mask=n_ok & d_ok)
+            tl.store(sums_row + n_ch * N + d, tl.sum(gy * u, axis=0), mask=d_ok & (group == 0))
+            tl.store(sums_row + n_ch * (N + 1 + group) + d, tl.sum(gdt, axis=0), mask=d_ok)
             gB_acc += lam * (dt * u)[None, :]
             gC_acc += h * gy[None, :]
         else:
@@ -477,6 +480,28 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         block_offset = blk * tl.num_programs(1) * N * L  # this channel block's slice of the partial sums
         tl.store(gB_ptr + block_offset + bc_offsets, gB_acc, mask=tile_ok)
         tl.store(gC_ptr + block_offset + bc_offsets, gC_acc, mask=tile_ok)
+
+
+@triton.jit
+def _sum_partials(sums_ptr, gA_ptr, gD_ptr, gbias_ptr, rows, n_ch, N, GROUPS: tl.constexpr,
+                  BLOCK_ROWS: tl.constexpr, BLOCK_COLUMNS: tl.constexpr):
+    """Adds up the gradients pass's partial sums: ``sums`` is (rows, n_ch (N + 1 + GROUPS)), one row
+    per (batch row, chunk) holding gA's (channel, state) terms, then gD's channels, then gbias's
+    (group, channel). A program takes BLOCK_COLUMNS columns through all the rows, in order (the sum
+    is deterministic: no atomics, no second pass), and writes gA (n_ch, N), gD (n_ch) and the
+    per-group gbias (GROUPS, n_ch)."""
+    width = n_ch * (N + 1 + GROUPS)
+    col = tl.program_id(0) * BLOCK_COLUMNS + tl.arange(0, BLOCK_COLUMNS)
+    row = tl.arange(0, BLOCK_ROWS)
+    acc = tl.zeros([BLOCK_ROWS, BLOCK_COLUMNS], tl.float32)
+    for r0 in range(0, rows, BLOCK_ROWS):
+        ok = (r0 + row < rows)[:, None] & (col < width)[None, :]
+        acc += tl.load(sums_ptr + (r0 + row)[:, None].to(tl.int64) * width + col[None, :], mask=ok, other=0.0)
+    total = tl.sum(acc, axis=0)
+    n_A = n_ch * N
+    tl.store(gA_ptr + col, total, mask=col < n_A)
+    tl.store(gD_ptr + col - n_A, total, mask=(col >= n_A) & (col < n_A + n_ch))
+    tl.store(gbias_ptr + col - n_A - n_ch, total, mask=(col >= n_A + n_ch) & (col < width))
 
 
 def _prepare(u, delta, A, B, C, D, z, delta_bias):
@@ -531,10 +556,10 @@ def _tiles(m, backward: bool):
     the outer stage (one block: no partial sums), 1.1-1.4% at the middle and LM-like shapes, the
     same at the center (session 38; 256 was 3% slower there). The chunked forward, which runs only
     for more than SEQUENTIAL_MAX_STATES states and needs no whole blocks, takes FORWARD_BLOCK_D
-    channels: at 64 states, 2.04 ms against 2.10 at 128 (session 39). A backward program takes N_PAD of
-    the states, GROUPS programs all of them: BACKWARD_TILE elements at most, since larger tiles
-    spill (H200, outer stage fwd+bwd: n = 32 in one program 10.1 ms, in two 7.0; n = 64 in one
-    program with 2 warps 22.0 ms, in two 13.6)."""
+    channels: at 64 states 2.02 ms, against 2.04-2.05 at 16 and 64 and 2.09 at 128 (session 39). A
+    backward program takes N_PAD of the states, GROUPS programs all of them: BACKWARD_TILE elements
+    at most, since larger tiles spill (H200, outer stage fwd+bwd: n = 32 in one program 10.1 ms, in
+    two 7.0; n = 64 in one program with 2 warps 22.0 ms, in two 13.6)."""
     if not backward:
         return dict(L_ALIGN=m["L_ALIGN"], T=m["T"], N_PAD=m["N_PAD"], BLOCK=min(FORWARD_BLOCK_D, m["n_ch"]),
                     STAGES=LOOP_STAGES, UNROLL=LOOP_UNROLL, num_warps=NUM_WARPS)
@@ -636,16 +661,14 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
         return torch.empty_like(x) if groups == 1 else torch.empty(groups, *x.shape, **f32)
     gu, gdelta = per_group(u), per_group(delta)
     gz = torch.empty_like(z) if z is not None else None
-    gA = torch.empty(m["batch"], m["n_chunks"], *A.shape, **f32)
-    gD = torch.empty(m["batch"], m["n_chunks"], m["n_ch"], **f32)
-    gbias = torch.empty(groups, m["batch"], m["n_chunks"], m["n_ch"], **f32)
+    sums = torch.empty(m["batch"] * m["n_chunks"], m["n_ch"] * (m["N"] + 1 + groups), **f32)  # gA, gD, gbias
     gB = torch.empty(blocks, *B.shape, **f32)
     gC = torch.empty(blocks, *C.shape, **f32)
     grid = (m["n_chunks"], m["batch"], blocks * groups)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus)
     args = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u, bias if bias is not None else u,
             gy, pre if z is not None else gy, incoming, first, carry_in, gu, gdelta, gz if gz is not None else gu,
-            gA, gB, gC, gD, gbias)
+            sums, gB, gC)
     sizes = (m["n_ch"], m["L_UNITS"], m["N"], m["n_chunks"])
     common = dict(tiles, **flags)
     gluon = _gluon_backward(u, m, tiles)
@@ -665,8 +688,12 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
         gB, gC = gB[0], gC[0]
     else:
         gB, gC = gB.sum(0), gC.sum(0)
-    return (gu, gdelta, gA.sum((0, 1)), gB, gC, gD.sum((0, 1)) if D is not None else None, gz,
-            gbias.sum((0, 1, 2)) if bias is not None else None, g_init)
+    gA, gD, gbias = torch.empty_like(A), torch.empty(m["n_ch"], **f32), torch.empty(groups, m["n_ch"], **f32)
+    _sum_partials[(triton.cdiv(sums.shape[1], SUM_COLUMNS),)](sums, gA, gD, gbias, sums.shape[0], m["n_ch"], m["N"],
+                                                              GROUPS=groups, BLOCK_ROWS=SUM_ROWS,
+                                                              BLOCK_COLUMNS=SUM_COLUMNS, num_warps=8)
+    return (gu, gdelta, gA, gB, gC, gD if D is not None else None, gz,
+            (gbias[0] if groups == 1 else gbias.sum(0)) if bias is not None else None, g_init)
 
 
 # The scan as two PyTorch custom operators, forward and backward, with the backward registered as

@@ -241,7 +241,7 @@ def _pair_channels(A_ptr, bias_ptr, a_rows, d, HAS_BIAS: gl.constexpr):
 @gluon.jit
 def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gy_ptr, pre_ptr,
                        incoming_ptr, carry_in_ptr,
-                       gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr,
+                       gu_ptr, gdelta_ptr, gz_ptr, sums_ptr, gB_ptr, gC_ptr,
                        n_ch, L_UNITS, n_chunks,
                        L_ALIGN: gl.constexpr, BLOCK: gl.constexpr, HAS_D: gl.constexpr, HAS_Z: gl.constexpr,
                        HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr):
@@ -283,6 +283,8 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     a_rows0 = (d0 + ch_cn[:, None]) * N + n_cn[None, :]
     # pair 0's (CH, N) states of this chunk in the saved (batch, channel, chunk, state) tensors
     saved0 = ((b * n_ch + d0 + ch_cn[:, None]) * n_chunks + c) * N + n_cn[None, :]
+    # this (batch row, chunk)'s row of partial sums (see selective_scan._sum_partials): gA's, gD's, gbias's
+    sums_row = sums_ptr + (b * n_chunks + c) * n_ch * (N + 2)
     _copy_rows(rows_in, row_ptrs, 0, rows0, t_ok)
     async_copy.commit_group()
     # pair 0's A and bias, and its incoming state, carried adjoint and D (D_ptr is u's without D: read, unused)
@@ -319,10 +321,9 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
         rows_s.index(1).store(dt * u)
         rows_s.index(2).store(gy)
         gl.thread_barrier()
-        per_channel = (b * n_chunks + c) * n_ch + d
         # gD's sum over the times here, where the scans' work hides its shuffles; and the last pair's gbias
-        gl.store(gD_ptr + per_channel + ch_s, gl.sum(gy * u, 1))
-        gl.store(gbias_ptr + per_channel - CH + ch_s, gl.sum(gdt_last, 1), mask=(ch_s >= 0) & (i > 0))
+        gl.store(sums_row + n_ch * N + d + ch_s, gl.sum(gy * u, 1))
+        gl.store(sums_row + n_ch * (N + 1) + d - CH + ch_s, gl.sum(gdt_last, 1), mask=(ch_s >= 0) & (i > 0))
         # The adjoint, backwards in time, from the carried one at the chunk's last time. Each (CH, T)
         # row is loaded from shared memory where it is used, not kept through the scans: at 32
         # registers a row, keeping them spilled.
@@ -345,7 +346,7 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
         acc_C += h * rows_s.index(2).load(L_CT)[:, None, :]
         g_decay = lam * (h - drive)  # d loss / d (dt A) = lambda[t] a[t] h[t-1]
         sums_s.slice(CH, CH).store(g_decay * A[:, :, None])
-        gl.store(gA_ptr + (per_channel + ch_cn[:, None]) * N + n_cn[None, :], gl.sum(g_decay * dt3, 2))
+        gl.store(sums_row + (d + ch_cn[:, None]) * N + n_cn[None, :], gl.sum(g_decay * dt3, 2))
         gl.thread_barrier()
         # Sums over the states, back in the spread layout
         lam_B = gl.convert_layout(gl.sum(sums_s.slice(0, CH).load(L_SUM), 1), L_SPREAD)
@@ -360,7 +361,7 @@ def _scan_chunks_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
         gl.store(gdelta_ptr + rows, gdt.to(gdelta_ptr.dtype.element_ty), mask=t_ok)
         gl.store(gu_ptr + rows, gu.to(gu_ptr.dtype.element_ty), mask=t_ok)
         gdt_last = gdt  # summed over its times in the next pair's iteration (or after the loop)
-    gl.store(gbias_ptr + (b * n_chunks + c) * n_ch + d0 + BLOCK - CH + ch_s, gl.sum(gdt_last, 1))
+    gl.store(sums_row + n_ch * (N + 1) + d0 + BLOCK - CH + ch_s, gl.sum(gdt_last, 1))
     # This block's partial sums of gB and gC, the offsets and mask made again here: kept through the
     # loop, they would take registers
     part = blk * gl.num_programs(1) * N * L
@@ -715,11 +716,11 @@ def gradients(grid, args, sizes, tiles: dict, flags: dict) -> None:
     """Launch the pass with ``_scan_chunks_bwd``'s grid, arguments (its ``first`` included, unread),
     sizes (channels, length in units of ``tiles["L_ALIGN"]``, states, chunks), tiles and flags."""
     (u, delta, A, B, C, D, z, bias, gy, pre, incoming, _first_unread, carry_in,
-     gu, gdelta, gz, gA, gB, gC, gD, gbias) = args
+     gu, gdelta, gz, sums, gB, gC) = args
     n_ch, L_UNITS, _n_state, n_chunks = sizes
-    _scan_chunks_grads[grid](u, delta, A, B, C, D, z, bias, gy, pre, incoming, carry_in, gu, gdelta, gz, gA, gB, gC,
-                             gD, gbias, n_ch, L_UNITS, n_chunks, L_ALIGN=tiles["L_ALIGN"], BLOCK=tiles["BLOCK"],
-                             num_warps=1, **flags)
+    _scan_chunks_grads[grid](u, delta, A, B, C, D, z, bias, gy, pre, incoming, carry_in, gu, gdelta, gz, sums, gB, gC,
+                             n_ch, L_UNITS, n_chunks, L_ALIGN=tiles["L_ALIGN"], BLOCK=tiles["BLOCK"], num_warps=1,
+                             **flags)
 
 
 def compile_for_hopper(kernel: str = "gradients", block: int = 128):
