@@ -74,6 +74,8 @@ LOOP_UNROLL = 1  # unroll factor of that loop
 SEQUENTIAL_MAX_STATES = 16
 GLUON = True  # the Gluon forward and backward passes where they fit (tests and benchmarks turn them off to compare)
 PASS_CHUNKS = 32  # chunks that _pass_chunks scans at a time (an (n, PASS_CHUNKS) tile; 32-128 time the same on H100)
+# warps of a _pass_chunks program: at the outer stage's backward 42.6 us, 2 warps 48.2, 4 64.6 (H200, session 39)
+PASS_WARPS = 1
 # _sum_partials' (rows, columns) tile, 8 warps: on the H200 the outer stage's 73 MB of partial sums in
 # 26.8 us, against 32.5 for torch's sum over them and 60 for three sums over separate tensors (session 39)
 SUM_ROWS, SUM_COLUMNS = 128, 8
@@ -609,7 +611,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_
     _scan_chunks[grid](*args, y, y, end_state, dt_sum, incoming, *sizes, OUTPUT=False, SAVE_PRE=False, **common)
     _pass_chunks[(m["batch"], m["n_ch"])](A, end_state, dt_sum, incoming, init, final, m["n_ch"], m["N"],
                                           m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=False,
-                                          HAS_INIT=initial_state is not None, K=PASS_CHUNKS)
+                                          HAS_INIT=initial_state is not None, K=PASS_CHUNKS, num_warps=PASS_WARPS)
     _scan_chunks[grid](*args, y, pre if save_pre else y, end_state, dt_sum, incoming, *sizes, OUTPUT=True,
                        SAVE_PRE=save_pre, **common)
     return y, final, incoming, dt_sum, pre
@@ -677,7 +679,8 @@ def _backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, incoming, dt_su
     else:
         _scan_chunks_bwd[grid](*args, *sizes, GRADS=False, **common)
     _pass_chunks[(m["batch"], m["n_ch"])](A, first, dt_sum, carry_in, g_init, g_init, m["n_ch"], m["N"],
-                                          m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=True, HAS_INIT=False, K=PASS_CHUNKS)
+                                          m["n_chunks"], N_PAD=m["N_PAD"], REVERSE=True, HAS_INIT=False, K=PASS_CHUNKS,
+                                          num_warps=PASS_WARPS)
     if gluon:
         _gluon().gradients(grid, args, sizes, tiles, flags)  # the same grid and partial sums
     else:
