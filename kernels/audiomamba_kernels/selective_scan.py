@@ -399,13 +399,13 @@ def _scan_chunks_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     """GRADS=False: per chunk, a[first] * lambda_local[first] (the adjoint a chunk hands to the one
     before it). GRADS=True: every gradient, from the adjoint carried in from later chunks; gA, gD
     and gbias as one partial sum per (batch row, chunk), in that chunk's row of ``sums`` (see
-    ``_sum_partials``), gB and gC as one per channel block. gz
-    comes from the forward's output before the gate (``pre_ptr``), so no C h sum is needed here.
+    ``_sum_partials``), gB and gC as one per channel block. gz comes from the forward's output
+    before the gate (``pre_ptr``), so no C h sum is needed here.
 
     The states are split into GROUPS groups of N_PAD, one program each: only gu, gdelta and gbias
     sum over the states, and each is linear in its group's terms, so with GROUPS > 1 every group
-    writes its own fp32 partial of them (indexed first by group); group 0 adds the D terms and
-    writes gz."""
+    writes its own fp32 partial of them (gu's and gdelta's indexed first by group, gbias's in its
+    group's columns of ``sums``); group 0 adds the D terms and writes gz and gD."""
     c, b = tl.program_id(0), tl.program_id(1)
     blk, group = tl.program_id(2) // GROUPS, tl.program_id(2) % GROUPS
     L = L_UNITS * L_ALIGN  # the length, known to the compiler as a multiple of L_ALIGN (see _prepare)
